@@ -1,0 +1,57 @@
+# maskkit: `make demo` sets everything up and runs the notebook pipeline on the demo set; `make test` tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.maskkit-installed
+DEMO := data/demo
+PM := $(VENV)/bin/papermill --log-output --no-progress-bar
+RUNS := reports/notebooks
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: install demo demo-data crops pipeline test export clean-demo kfold
+
+install: $(STAMP)
+
+# A fresh venv with the CPU torch wheel; constraints.txt pins torch+torchvision so nothing pulls CUDA torch.
+$(STAMP): setup.py settings.ini constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt torch==2.13.0 torchvision==0.28.0
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	# facenet-pytorch pins torch<2.3, numpy<2, Pillow<10.3 but runs fine on the current ones
+	$(PIP) install --quiet --no-deps facenet-pytorch==2.6.0
+	# the torchvision hook for every interpreter of the venv (see nbs/00b_compat.ipynb)
+	$(PY) -m maskkit.compat
+	$(PY) -c "import torchvision, timm, facenet_pytorch, pytorch_grad_cam, maskkit; print('imports ok')"
+	touch $@
+
+demo-data: $(STAMP)
+	$(PY) -c "from maskkit.demo import ensure_demo_dataset; ensure_demo_dataset('$(DEMO)')"
+
+crops: demo-data
+	$(PY) -c "from maskkit.faces import build_crop_cache; build_crop_cache('$(DEMO)/train'); build_crop_cache('$(DEMO)/eval')"
+
+# The whole pipeline, headless, on the demo set; executed notebooks land in reports/notebooks/.
+pipeline: crops
+	mkdir -p $(RUNS)
+	$(PM) nbs/01_eda.ipynb $(RUNS)/01_eda.ipynb
+	$(PM) nbs/02_preprocess.ipynb $(RUNS)/02_preprocess.ipynb
+	$(PM) nbs/03_augment.ipynb $(RUNS)/03_augment.ipynb
+	$(PM) nbs/04_train.ipynb $(RUNS)/04_train.ipynb -p run_name demo_fold0
+
+demo: pipeline
+	@echo "demo done: see reports/"
+
+export: $(STAMP)
+	$(VENV)/bin/nbdev_export
+
+# nbdev_test runs every notebook (cells flagged `slow` skipped), then pytest runs tests/.
+test: demo-data
+	$(VENV)/bin/nbdev_test --n_workers 2 --timing
+	$(PY) -m pytest -q tests
+
+clean-demo:
+	rm -rf $(DEMO) reports/notebooks reports/runs
