@@ -1,0 +1,93 @@
+"""Training-step throughput: in-memory cached images vs decoding the JPEG every step.
+
+For each backbone the same model and the same images go through `maskkit.train.train_one_epoch`
+with two loaders, alternating epochs so machine load hits both alike:
+  * cached:  `maskkit.datasets.preload` decodes every image once, resized to the training size;
+             each step only flips and normalises (the maskkit loader);
+  * decode:  each item is read from disk, decoded and resized every epoch (the teams' loader).
+Prints images/s of each, the ratio, the loader-only throughput and the one-off cache build time.
+
+    .venv/bin/python benchmarks/bench_train.py [--data-root DIR] [--n-images 256] [--img-size 128]
+"""
+import argparse, time
+from pathlib import Path
+import numpy as np, pandas as pd, torch
+import maskkit
+from maskkit import data
+from maskkit.augment import build_transforms
+from maskkit.datasets import preload, MaskDataset, make_loader, loader_throughput
+from maskkit.losses import make_loss
+from maskkit.models import build_model, model_data_config
+from maskkit.train import TrainConfig, make_optimizer, seed_everything, train_one_epoch
+
+
+def pick_images(root, n, seed):
+    df = data.load_train(root, verbose=False)
+    if n and n < len(df): df = df.sample(n, random_state=seed)
+    return df.reset_index(drop=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", default=None, help="default: /work/shared/data/utkmask if present, else the demo set")
+    ap.add_argument("--n-images", type=int, default=256)
+    ap.add_argument("--img-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs per loader (after one warm-up epoch each)")
+    ap.add_argument("--backbones", default="resnet10t,tf_efficientnet_lite0", help="small,medium")
+    ap.add_argument("--num-workers", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    a = ap.parse_args()
+
+    if a.threads: torch.set_num_threads(a.threads)
+    root = a.data_root
+    if root is None:
+        shared = data.project_root().parent / "shared" / "data" / "utkmask"
+        if shared.exists(): root = shared
+        else:
+            from maskkit.demo import ensure_demo_dataset
+            root = ensure_demo_dataset(data.project_root() / "data" / "demo")
+    df = pick_images(root, a.n_images, a.seed)
+    h0, w0 = data.load_image(df.path.iloc[0]).shape[:2]
+    print(f"data {root}: {len(df)} images ({w0}x{h0} JPEG), train size {a.img_size}, batch {a.batch_size}, "
+          f"{a.num_workers} workers, torch threads {torch.get_num_threads()}")
+
+    t0 = time.perf_counter()
+    cache = preload(df, "path", size=(a.img_size, a.img_size), progress=False)
+    build_s = time.perf_counter() - t0
+    size = (a.img_size, a.img_size)
+    rows = []
+    for bb in a.backbones.split(","):
+        seed_everything(a.seed)
+        model = build_model(bb, pretrained=False)
+        dc = model_data_config(model)
+        tf = build_transforms(("hflip",), size=size, train=True, mean=dc["mean"], std=dc["std"])
+        loaders = {"cached": make_loader(MaskDataset(df, tf, "path", cache), a.batch_size, shuffle=True, seed=a.seed,
+                                         num_workers=a.num_workers, drop_last=True),
+                   "decode": make_loader(MaskDataset(df, tf, "path", None), a.batch_size, shuffle=True, seed=a.seed,
+                                         num_workers=a.num_workers, drop_last=True)}
+        cfg = TrainConfig(lr=1e-4, progress=False)
+        opt, loss = make_optimizer(model, cfg), make_loss("ce")
+        secs = {k: 0.0 for k in loaders}; imgs = {k: 0 for k in loaders}
+        for k, dl in loaders.items(): train_one_epoch(model, dl, loss, opt, cfg=cfg)   # warm-up
+        for _ in range(a.epochs):
+            for k, dl in loaders.items():                                               # alternate
+                r = train_one_epoch(model, dl, loss, opt, cfg=cfg)
+                secs[k] += r["seconds"]; imgs[k] += len(dl) * a.batch_size
+        lt = {k: loader_throughput(dl) for k, dl in loaders.items()}
+        ips = {k: imgs[k] / secs[k] for k in loaders}
+        rows.append({"backbone": bb, "cached img/s": ips["cached"], "decode img/s": ips["decode"],
+                     "train ratio": ips["cached"] / ips["decode"], "loader-only cached": lt["cached"],
+                     "loader-only decode": lt["decode"], "loader ratio": lt["cached"] / lt["decode"]})
+        print(pd.DataFrame(rows[-1:]).round(2).to_string(index=False), flush=True)
+    print(f"\ncache build (one-off): {build_s:.1f}s for {len(df)} images = {len(df)/build_s:.0f} img/s")
+    res = pd.DataFrame(rows).round(2)
+    print(res.to_string(index=False))
+    for r in rows:
+        print(f"{r['backbone']}: cached loader trains {r['train ratio']:.2f}x the images/s of decoding every epoch "
+              f"(loader alone {r['loader ratio']:.1f}x); target >= 3x")
+
+
+if __name__ == "__main__":
+    main()
