@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['DET_COLUMNS', 'CACHE_VERSION', 'FACES_TABLE', 'default_device', 'torch_threads', 'mtcnn_detect', 'pick_face',
-           'iter_detect', 'detect_faces', 'crop_box', 'crop_dir', 'list_images', 'load_detections', 'build_crop_cache',
-           'with_crops']
+           'iter_detect', 'detect_faces', 'crop_box', 'cache_dir', 'crop_dir', 'list_images', 'load_detections',
+           'build_crop_cache', 'with_crops']
 
 # %% ../nbs/02_preprocess.ipynb #2959942b
 import json, os, time, warnings, hashlib
@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import DataError, IMAGE_EXTS, load_image
+from .data import DataError, IMAGE_EXTS, load_image, project_root
 
 # %% ../nbs/02_preprocess.ipynb #3a05de3f
 def default_device():
@@ -187,9 +187,17 @@ def crop_box(det, width=None, height=None, margin=0.3, aspect=1.0, min_prob=0.9,
 CACHE_VERSION = 1
 FACES_TABLE = "faces.parquet"
 
+def cache_dir(split_root) -> Path:
+    "Where the face table and crops of `split_root` live: the split itself inside the project, else `data/cache/...`."
+    root = Path(os.path.abspath(split_root))
+    env, project = os.environ.get("MASKKIT_CACHE"), project_root()
+    if not env and root.is_relative_to(project / "data") and not root.is_relative_to(project / "data" / "cache"): return root
+    h = hashlib.sha1(str(root).encode()).hexdigest()[:8]
+    return (Path(env) if env else project / "data" / "cache") / f"{root.parent.name}_{root.name}_{h}"
+
 def crop_dir(split_root, size=(256, 256)) -> Path:
     "Folder of the crops of `split_root` at `size` (W, H)."
-    return Path(split_root) / f"crops_{size[0]}x{size[1]}"
+    return cache_dir(split_root) / f"crops_{size[0]}x{size[1]}"
 
 def list_images(split_root) -> list:
     "Image files under `<split_root>/images/` (sorted, relative to `split_root`)."
@@ -217,7 +225,7 @@ def _write_table(df, path):
 
 def load_detections(split_root) -> pd.DataFrame:
     "The cached detection table of `split_root` (empty frame if none)."
-    t = _read_table(Path(split_root) / FACES_TABLE)
+    t = _read_table(cache_dir(split_root) / FACES_TABLE)
     return t if t is not None else pd.DataFrame(columns=["rel", "file_size", "mtime_ns", "settings"] + DET_COLUMNS)
 
 def _save_crop(img, det, out, size, crop_kw):
@@ -251,7 +259,8 @@ def build_crop_cache(split_root, size=(256, 256), margin=0.3, min_prob=0.9, fall
                             custom=detector is not None)
     crop_kw = dict(margin=margin, min_prob=min_prob, fallback_size=fallback_size)
     crop_key = _settings_key(det=det_key, size=size, **crop_kw)
-    faces_path, cdir = root / FACES_TABLE, crop_dir(root, size)
+    faces_path, cdir = cache_dir(root) / FACES_TABLE, crop_dir(root, size)
+    faces_path.parent.mkdir(parents=True, exist_ok=True)
     crops_path = cdir / "crops.parquet"
 
     def fresh(table, key_col, key):

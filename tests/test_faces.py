@@ -127,7 +127,7 @@ def test_cache_hit_and_invalidation(tmp_path):
     t = faces.build_crop_cache(root / "train", size=(32, 32), detector=det, batch_size=4, progress=False)
     assert det.images == 6 and len(t) == 6 and t.crop_path.map(lambda p: Path(p).exists()).all()
     assert Image.open(t.crop_path[0]).size == (32, 32)
-    assert (root / "train" / "crops_32x32" / "000000_male_Asian_30" / "mask1.jpg").exists()
+    assert (faces.crop_dir(root / "train", (32, 32)) / "000000_male_Asian_30" / "mask1.jpg").exists()
     det2 = CountingDetector()
     faces.build_crop_cache(root / "train", size=(32, 32), detector=det2, progress=False)
     assert det2.images == 0                                      # rerun: nothing detected
@@ -139,7 +139,7 @@ def test_cache_hit_and_invalidation(tmp_path):
     assert row.crop_x2 <= 60 and row.crop_y2 <= 80               # cropped from the new 60x80 image
     det4 = CountingDetector()
     faces.build_crop_cache(root / "train", size=(16, 24), detector=det4, progress=False)
-    assert det4.images == 0 and Image.open(next((root / "train" / "crops_16x24").rglob("*.jpg"))).size == (16, 24)
+    assert det4.images == 0 and Image.open(next(faces.crop_dir(root / "train", (16, 24)).rglob("*.jpg"))).size == (16, 24)
     t5 = faces.build_crop_cache(root, size=(32, 32), detector=det4, progress=False)   # dataset root: both splits
     assert det4.images == 6 and len(t5) == 12
 
@@ -185,12 +185,29 @@ def test_with_crops_needs_cache_when_not_building(tmp_path):
 
 
 def test_symlinked_images(tmp_path):
-    "A split made of symlinks keeps its crops next to the links, not next to the targets."
+    "A split made of symlinks keeps its crops with the links' split, not with the targets'."
     src = _dataset(tmp_path / "src")
     links = tmp_path / "links" / "images" / "p"
     links.mkdir(parents=True)
     for f in sorted((src / "train" / "images").rglob("*.jpg"))[:3]: (links / f"{f.parent.name}_{f.name}").symlink_to(f)
     df = pd.DataFrame(dict(path=[str(p) for p in sorted(links.iterdir())]))
     out = faces.with_crops(df, size=(32, 32), detector=CountingDetector())
-    assert all(p.startswith(str(tmp_path / "links" / "crops_32x32")) for p in out.crop_path)
-    assert not (src / "train" / "crops_32x32").exists()
+    assert all(p.startswith(str(faces.crop_dir(tmp_path / "links", (32, 32)))) for p in out.crop_path)
+    assert not faces.crop_dir(src / "train", (32, 32)).exists()
+
+
+def test_cache_location(tmp_path, monkeypatch):
+    "Data inside the project keeps its cache beside the images; data elsewhere is never written to."
+    from maskkit.data import project_root
+    monkeypatch.delenv("MASKKIT_CACHE")
+    inside = project_root() / "data" / "demo" / "train"
+    assert faces.cache_dir(inside) == inside
+    outside = faces.cache_dir(tmp_path / "ds" / "train")
+    assert outside.parent == project_root() / "data" / "cache" and outside.name.startswith("ds_train_")
+    monkeypatch.setenv("MASKKIT_CACHE", str(tmp_path / "c"))
+    root = _dataset(tmp_path / "ds2")
+    before = sorted(p.name for p in (root / "train").iterdir())
+    faces.build_crop_cache(root / "train", size=(32, 32), detector=CountingDetector(), progress=False)
+    assert sorted(p.name for p in (root / "train").iterdir()) == before          # nothing written in the dataset
+    assert (faces.cache_dir(root / "train") / "faces.parquet").exists()
+    assert faces.cache_dir(root / "train").parent == tmp_path / "c"
