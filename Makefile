@@ -53,5 +53,13 @@ test: demo-data
 	$(VENV)/bin/nbdev_test --n_workers 2 --timing
 	$(PY) -m pytest -q tests
 
+# k-fold training of one recipe (or the notebook defaults) and the ensemble of its folds; resumable.
+#   make kfold RECIPE=rank1_effb4_cutmix FOLDS=5 ARGS="-p data_root=../shared/data/utkmask -p epochs=3"
+RECIPE ?=
+FOLDS ?= 5
+ARGS ?=
+kfold: demo-data
+	$(PY) -m maskkit.runs $(if $(RECIPE),--recipe $(RECIPE)) --folds $(FOLDS) $(ARGS)
+
 clean-demo:
 	rm -rf $(DEMO) reports/notebooks reports/runs

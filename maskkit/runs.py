@@ -13,7 +13,8 @@ from . import metrics
 
 # %% auto #0
 __all__ = ['ID_COLUMNS', 'KEY_CONFIG', 'SCORES', 'runs_root', 'write_json', 'read_json', 'git_info', 'env_info', 'new_run',
-           'log_epoch', 'read_metrics', 'save_predictions', 'save_report', 'load_run', 'compare', 'plot_curves']
+           'log_epoch', 'read_metrics', 'save_predictions', 'save_report', 'load_run', 'compare', 'plot_curves',
+           'execute_notebook', 'run_kfold', 'kfold_cli']
 
 # %% ../nbs/03e_runs.ipynb #bcb59fdf
 def runs_root(root="reports/runs") -> Path:
@@ -188,3 +189,58 @@ def plot_curves(runs, metric="macro_f1", root="reports/runs", path=None):
     fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=110)
     return fig
+
+# %% ../nbs/03e_runs.ipynb #50b13616
+def execute_notebook(nb, out, params: dict):
+    "Run notebook `nb` headless with papermill into `out` with `params`."
+    import papermill as pm
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name="python3", progress_bar=False,
+                               cwd=str(project_root()))
+
+def run_kfold(recipe=None, folds=5, params=None, prefix=None, root="reports/runs", ensemble=True,
+              out_dir="reports/notebooks/kfold", execute=execute_notebook) -> list:
+    "Train every fold of `folds` (an int or a list) with `04_train`, skipping finished ones, then ensemble them."
+    params = dict(params or {})
+    folds = list(range(folds)) if isinstance(folds, int) else list(folds)
+    prefix = prefix or recipe or params.get("backbone", "run")
+    nbs, out_dir, done = project_root() / "nbs", runs_root(out_dir), []
+    for k in folds:
+        name = f"{prefix}_fold{k}"
+        run_dir = runs_root(root) / name
+        if (run_dir / "summary.json").exists(): print(f"{name}: finished before, skipped")
+        else:
+            print(f"{name}: {'resuming' if (run_dir / 'last.pt').exists() else 'training'}")
+            p = dict(params, fold=k, run_name=name, resume=True, n_splits=max(params.get("n_splits", 5), max(folds) + 1))
+            if recipe: p["recipe"] = recipe
+            execute(nbs / "04_train.ipynb", out_dir / f"{name}.ipynb", p)
+        done.append(name)
+    if ensemble:
+        execute(nbs / "06_ensemble.ipynb", out_dir / f"{prefix}_ensemble.ipynb",
+                {"runs": done, **({"data_root": params["data_root"]} if "data_root" in params else {})})
+    return done
+
+# %% ../nbs/03e_runs.ipynb #a2b144c9
+def _parse_value(v: str):
+    "A command-line value as Python: JSON when it parses (numbers, lists, dicts, true/null), else the string."
+    try: return json.loads(v)
+    except json.JSONDecodeError: return v
+
+def kfold_cli(argv=None):
+    "`python -m maskkit.runs --recipe rank1_effb4_cutmix --folds 5 -p epochs=3 -p data_root=...`"
+    import argparse
+    ap = argparse.ArgumentParser(description="Train every fold with 04_train (papermill), then ensemble with 06.")
+    ap.add_argument("--recipe", default=None); ap.add_argument("--folds", default="5")
+    ap.add_argument("--prefix", default=None); ap.add_argument("--no-ensemble", action="store_true")
+    ap.add_argument("-p", "--param", action="append", default=[], help="key=value passed to 04_train")
+    a = ap.parse_args(argv)
+    params = {}
+    for kv in a.param:
+        if "=" not in kv: ap.error(f"-p {kv!r}: expected key=value")
+        k, v = kv.split("=", 1); params[k] = _parse_value(v)
+    folds = [int(f) for f in a.folds.split(",")] if "," in a.folds else int(a.folds)
+    return run_kfold(a.recipe or None, folds, params, a.prefix, ensemble=not a.no_ensemble)
+
+# %% ../nbs/03e_runs.ipynb #177f83f4
+#| eval: false
+if __name__ == "__main__": kfold_cli()
