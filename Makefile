@@ -40,10 +40,10 @@ pipeline: crops
 	$(PM) nbs/01_eda.ipynb $(RUNS)/01_eda.ipynb
 	$(PM) nbs/02_preprocess.ipynb $(RUNS)/02_preprocess.ipynb
 	$(PM) nbs/03_augment.ipynb $(RUNS)/03_augment.ipynb
-	$(PM) nbs/04_train.ipynb $(RUNS)/04_train_fold0.ipynb -p fold 0 -p run_name demo_fold0 -p resume False
-	$(PM) nbs/04_train.ipynb $(RUNS)/04_train_fold1.ipynb -p fold 1 -p run_name demo_fold1 -p resume False -p head multi
-	$(PM) nbs/05_gradcam.ipynb $(RUNS)/05_gradcam.ipynb -y '{"runs": ["demo_fold0"]}'
-	$(PM) nbs/06_ensemble.ipynb $(RUNS)/06_ensemble.ipynb -y '{"runs": ["demo_fold0", "demo_fold1"]}'
+	$(PM) nbs/04_train.ipynb $(RUNS)/04_train_single.ipynb -p fold 0 -p run_name demo_single_fold0 -p resume False
+	$(PM) nbs/04_train.ipynb $(RUNS)/04_train_multi.ipynb -p fold 0 -p run_name demo_multi_fold0 -p resume False -p head multi
+	$(PM) nbs/05_gradcam.ipynb $(RUNS)/05_gradcam.ipynb -y '{"runs": ["demo_single_fold0"]}'
+	$(PM) nbs/06_ensemble.ipynb $(RUNS)/06_ensemble.ipynb -y '{"runs": ["demo_single_fold0", "demo_multi_fold0"]}'
 	@echo "submission: reports/submission.csv; scored report: reports/ensemble/"
 
 demo: pipeline
