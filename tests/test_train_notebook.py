@@ -25,7 +25,7 @@ def test_fold2_one_epoch_then_post_steps(tmp_path):
     oof = pd.read_csv(first / "oof.csv")
     cfg = json.loads((first / "config.json").read_text())
     assert cfg["fold"] == 2 and len(pd.read_csv(first / "metrics.csv")) == 1
-    assert oof[[f"prob_{i}" for i in range(18)]].sum(1).round(4).eq(1).all()
+    assert oof[[f"prob_{i}" for i in range(18)]].sum(axis=1).round(4).eq(1).all()
     assert len(pd.read_csv(first / "test.csv")) == len(pd.read_csv(ROOT / "data/demo/eval/info.csv"))
 
     second = run(tmp_path, "pytest-post", fold=2, epochs=1, img_size=64, limit=20, sgd_finetune_epochs=1,
