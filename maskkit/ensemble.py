@@ -18,8 +18,8 @@ __all__ = ['TTA_VIEWS', 'SUBMISSION_COLUMNS', 'tta_predict', 'align_preds', 'sof
            'make_submission', 'validate_submission', 'write_submission', 'score_submission', 'pseudo_labels']
 
 # %% ../nbs/06_ensemble.ipynb #72aa8199
-def _hflip(x): return x.flip(-1)
-TTA_VIEWS = {"none": None, "hflip": _hflip}
+from .train import hflip
+TTA_VIEWS = {"none": None, "hflip": hflip}
 
 def tta_predict(model, data, variants=("none", "hflip"), image_cols=None, batch_size=64, num_workers=0, progress=True) -> np.ndarray:
     "(N, 18) probabilities averaged over the views `variants` and, for a `MaskDataset`, the image columns `image_cols`."
