@@ -317,5 +317,6 @@ d = { 'settings': { 'branch': 'main',
                                'maskkit.train.make_optimizer': ('learner.html#make_optimizer', 'maskkit/train.py'),
                                'maskkit.train.make_scheduler': ('learner.html#make_scheduler', 'maskkit/train.py'),
                                'maskkit.train.predict': ('learner.html#predict', 'maskkit/train.py'),
+                               'maskkit.train.resolve_amp': ('learner.html#resolve_amp', 'maskkit/train.py'),
                                'maskkit.train.seed_everything': ('learner.html#seed_everything', 'maskkit/train.py'),
                                'maskkit.train.train_one_epoch': ('learner.html#train_one_epoch', 'maskkit/train.py')}}}

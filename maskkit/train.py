@@ -14,12 +14,12 @@ from .runs import log_epoch, write_json
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'TrainConfig', 'seed_everything', 'get_device', 'make_optimizer', 'make_scheduler',
-           'train_one_epoch', 'hflip', 'predict', 'evaluate', 'fit']
+           'resolve_amp', 'train_one_epoch', 'hflip', 'predict', 'evaluate', 'fit']
 
 # %% ../nbs/03e_learner.ipynb #cf867836
 OPTIMIZERS = ("adam", "adamw", "sgd", "madgrad")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
-AMPS = ("none", "bf16", "fp16")
+AMPS = ("none", "auto", "bf16", "fp16")
 
 @dataclass
 class TrainConfig:
@@ -34,7 +34,7 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0         # linear warm-up (fraction of epochs allowed)
     accum_steps: int = 1             # gradient accumulation
-    amp: str = "none"                # none | bf16 (CPU or CUDA) | fp16 (CUDA, GradScaler)
+    amp: str = "none"                # none | auto (bf16 on a CUDA GPU that has it, else none) | bf16 | fp16 (CUDA)
     grad_clip: float | None = None   # max grad norm
     channels_last: bool = False
     patience: int | None = None      # early stopping on the monitor (needs a valid loader)
@@ -107,7 +107,14 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 # %% ../nbs/03e_learner.ipynb #a0ba6922
+def resolve_amp(amp: str, device) -> str:
+    "The precision `amp` means on `device`: 'auto' is 'bf16' on a CUDA GPU with bf16, else 'none'."
+    if amp != "auto": return amp
+    device = torch.device(device)
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+
 def _autocast(amp: str, device: torch.device):
+    amp = resolve_amp(amp, device)
     if amp == "none": return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
