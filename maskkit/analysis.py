@@ -11,36 +11,17 @@ from tqdm.auto import tqdm
 from .data import (AGE_BOUNDS, MASK_NAMES, GENDER_NAMES, DataError, project_root, age_bin_names, class_names,
                           decode_label, load_image)
 from .metrics import as_labels, decode, score, per_class_f1, confusion, part_confusions, plot_confusion
+from .runs import find_runs, resolve_run  # run lookup lives in maskkit.runs
 
 # %% auto #0
-__all__ = ['PROB_COLS', 'ERROR_KINDS', 'runs_dir', 'find_runs', 'resolve_run', 'read_preds', 'prob_matrix', 'error_kind',
-           'error_breakdown', 'age_from_path', 'accuracy_by_age', 'plot_accuracy_by_age', 'sample_loss',
-           'worst_examples', 'image_grid', 'CamModel', 'gradcam', 'cam_overlay', 'cam_face_share', 'box_area_share',
-           'face_boxes', 'noise_suspects', 'person_suspects', 'noise_overrides', 'load_run_model', 'run_image_size',
-           'analyse_run', 'run_transform', 'cam_report']
+__all__ = ['PROB_COLS', 'ERROR_KINDS', 'read_preds', 'prob_matrix', 'error_kind', 'error_breakdown', 'age_from_path',
+           'accuracy_by_age', 'plot_accuracy_by_age', 'sample_loss', 'worst_examples', 'image_grid', 'CamModel',
+           'gradcam', 'cam_overlay', 'cam_face_share', 'box_area_share', 'face_boxes', 'noise_suspects',
+           'person_suspects', 'noise_overrides', 'load_run_model', 'run_image_size', 'analyse_run', 'run_transform',
+           'cam_report']
 
 # %% ../nbs/05_gradcam.ipynb #80d736ad
 PROB_COLS = [f"prob_{i}" for i in range(18)]
-
-def runs_dir(root=None) -> Path:
-    "`reports/runs` of the project (`maskkit.runs.runs_root`), or of the project folder `root`."
-    from maskkit.runs import runs_root
-    return runs_root() if root is None else Path(root) / "reports" / "runs"
-
-def find_runs(root=None, need="oof.csv") -> list:
-    "Run folders under `reports/runs` that hold the file `need`, oldest first (by that file's mtime)."
-    d = runs_dir(root)
-    if not d.is_dir(): return []
-    found = [p for p in d.iterdir() if p.is_dir() and (p / need).is_file()]
-    return sorted(found, key=lambda p: ((p / need).stat().st_mtime, p.name))
-
-def resolve_run(run, root=None) -> Path:
-    "A run folder from a path or a run name under `reports/runs`."
-    p = Path(run)
-    if p.is_dir(): return p
-    q = runs_dir(root) / str(run)
-    if q.is_dir(): return q
-    raise FileNotFoundError(f"{run}: no such run folder (looked for {p} and {q})")
 
 def read_preds(path, kind="oof") -> pd.DataFrame:
     "A run's `oof.csv` / `test.csv` (a file or the run folder) with columns and probabilities checked."

@@ -10,7 +10,8 @@ import numpy as np, pandas as pd, torch
 from tqdm.auto import tqdm
 from .data import DataError, project_root
 from .metrics import as_labels, score
-from .analysis import PROB_COLS, find_runs, resolve_run, read_preds, prob_matrix
+from .analysis import PROB_COLS, read_preds, prob_matrix
+from .runs import find_runs, resolve_run
 
 # %% auto #0
 __all__ = ['TTA_VIEWS', 'SUBMISSION_COLUMNS', 'tta_predict', 'align_preds', 'soft_vote', 'hard_vote', 'top2_rule', 'fit_weights',

@@ -12,15 +12,30 @@ from .data import project_root, AGE_BOUNDS
 from . import metrics
 
 # %% auto #0
-__all__ = ['ID_COLUMNS', 'KEY_CONFIG', 'SCORES', 'runs_root', 'write_json', 'read_json', 'git_info', 'env_info', 'new_run',
-           'log_epoch', 'read_metrics', 'save_predictions', 'save_report', 'load_run', 'compare', 'plot_curves',
-           'execute_notebook', 'run_kfold', 'kfold_cli']
+__all__ = ['ID_COLUMNS', 'KEY_CONFIG', 'SCORES', 'runs_root', 'find_runs', 'resolve_run', 'write_json', 'read_json', 'git_info',
+           'env_info', 'new_run', 'log_epoch', 'read_metrics', 'save_predictions', 'save_report', 'load_run', 'compare',
+           'plot_curves', 'execute_notebook', 'run_kfold', 'kfold_cli']
 
 # %% ../nbs/03e_runs.ipynb #bcb59fdf
 def runs_root(root="reports/runs") -> Path:
     "`root` as a path; relative paths are taken from the project root (so notebooks work from `nbs/` too)."
     p = Path(root)
     return p if p.is_absolute() else project_root() / p
+
+def find_runs(root="reports/runs", need="oof.csv") -> list:
+    "Run folders under `root` that hold the file `need`, oldest first (by that file's mtime)."
+    d = runs_root(root)
+    if not d.is_dir(): return []
+    found = [p for p in d.iterdir() if p.is_dir() and (p / need).is_file()]
+    return sorted(found, key=lambda p: ((p / need).stat().st_mtime, p.name))
+
+def resolve_run(run, root="reports/runs") -> Path:
+    "A run folder from a path or a run name under `root`."
+    p = Path(run)
+    if p.is_dir(): return p
+    q = runs_root(root) / str(run)
+    if q.is_dir(): return q
+    raise FileNotFoundError(f"{run}: no such run folder (looked for {p} and {q})")
 
 def _json_default(o):
     if is_dataclass(o): return asdict(o)
@@ -175,7 +190,7 @@ def plot_curves(runs, metric="macro_f1", root="reports/runs", path=None):
     if isinstance(runs, pd.DataFrame): runs = runs["name"].tolist()
     if isinstance(runs, (str, Path)): runs = [runs]
     metrics_ = [metric] if isinstance(metric, str) else list(metric)
-    loaded = [load_run(r if Path(r).is_absolute() or Path(r).exists() else runs_root(root) / r) for r in runs]
+    loaded = [load_run(resolve_run(r, root)) for r in runs]
     fig, axes = plt.subplots(1, len(metrics_), figsize=(5 * len(metrics_), 3.6), squeeze=False)
     for ax, met in zip(axes[0], metrics_):
         cols = [met] if met.startswith(("train_", "valid_")) else [f"train_{met}", f"valid_{met}"]

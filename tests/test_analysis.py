@@ -1,6 +1,7 @@
 import json
 import numpy as np, pandas as pd, pytest, torch, torch.nn as nn
-from maskkit.analysis import (PROB_COLS, read_preds, find_runs, error_kind, error_breakdown, accuracy_by_age, sample_loss,
+from maskkit.runs import find_runs
+from maskkit.analysis import (PROB_COLS, read_preds, error_kind, error_breakdown, accuracy_by_age, sample_loss,
                               worst_examples, gradcam, cam_face_share, box_area_share, face_boxes, noise_suspects,
                               person_suspects, noise_overrides, analyse_run, load_run_model)
 from maskkit.data import DataError, read_overrides, apply_overrides
@@ -180,7 +181,7 @@ def test_person_suspects_and_overrides_roundtrip():
 def test_analyse_run_and_model(tmp_path):
     run = tmp_path / "reports/runs/r"; run.mkdir(parents=True)
     make_oof(9).to_csv(run / "oof.csv", index=False)
-    assert find_runs(tmp_path) == [run]
+    assert find_runs(tmp_path / "reports/runs") == [run]
     res = analyse_run(run, n_examples=3)
     out = tmp_path / "reports/analysis/r"
     assert res["out_dir"] == out and (out / "confusion_gender.png").exists() and (out / "overrides_to_review.csv").exists()
