@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/bench_faces.py [--n 200] [--images DIR] [--canvas 384x512] [--full]
 
-All timings are on the same images in one run; ratios are against the naive loop as the issue defines it,
+All timings are on the same images in one run; ratios are against the naive loop as the teams ran it,
 `MTCNN()(PIL image)` one image at a time (detection plus facenet's own face crop); `MTCNN().detect` alone is
-timed too. `--canvas WxH` first composes every image into a photo of that size (the face at the top centre on a
-blurred, block-scrambled enlarged copy of itself; JPEG q90 in a temporary folder): the competition's photos are 384x512 with the
-face a third of the width, while utkmask's are 200x200 face crops. `--full` also runs the batched stage once on
+timed too. `--canvas WxH` first composes every image into a photo of that size (JPEG q90, in a temporary folder):
+the face unscaled at the top centre, over an enlarged copy of the image scrambled in 16 px blocks and blurred
+(smooth, with no face in it). The competition's photos are 384x512 portraits; utkmask's are 200x200 face crops,
+which leave the downscaling of the batched stage little to gain. `--full` also runs the batched stage once on
 every image under --images and prints the detection rate per mask state (CPU heavy).
 The crop cache is built in a temporary folder of symlinks (nothing is written next to the data).
 """
