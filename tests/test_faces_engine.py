@@ -106,3 +106,14 @@ def test_nms_ties_keep_the_first_box(method):
     boxes = torch.tensor([[10, 10, 90, 90.]]).repeat(60, 1) + torch.linspace(0, 3, 60)[:, None]
     keep = faces.nms_per_image(boxes, torch.from_numpy(scores), torch.zeros(60, dtype=torch.long), 0.5, method=method)
     assert keep.tolist() == [int(np.flatnonzero(scores == 1)[0])]
+
+
+def test_memory_budget_splits_batches_with_the_same_faces(monkeypatch):
+    x = tight_crops()
+    whole = faces.mtcnn_detect(x, min_face_size=20)
+    calls = []
+    real = faces._detect_batch
+    monkeypatch.setattr(faces, "_detect_batch", lambda m, imgs: calls.append(len(imgs)) or real(m, imgs))
+    monkeypatch.setattr(faces, "SAT_BUDGET", x[0].size * 8 * 2)  # room for two images per table
+    split = faces.mtcnn_detect(x, min_face_size=20)
+    assert calls == [2, 2, 2, 1] and all(same(a, b) for a, b in zip(whole, split))
