@@ -57,6 +57,14 @@ def naive(files, threads=None, detect_only=False):
     return np.array(probs)
 
 
+def canvas_size(text):
+    "'WxH' (argparse type) -> (W, H), each a multiple of 16."
+    try: w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError: raise argparse.ArgumentTypeError(f"{text!r}: expected WxH, e.g. 384x512") from None
+    if w % 16 or h % 16 or w <= 0 or h <= 0: raise argparse.ArgumentTypeError(f"{text!r}: W and H must be positive multiples of 16")
+    return w, h
+
+
 def paste_at(face_size, size):
     "Top-left corner of the face on the canvas: centred across, a fifth of the way down (a portrait)."
     return (size[0] - face_size[0]) // 2, max(0, size[1] // 5 - face_size[1] // 8)
@@ -100,10 +108,10 @@ def mask_state(path): return STATE.get(Path(path).stem, "wear")
 def on_face(d, face=None):
     "Share of found boxes whose centre lies on the face: the image centre, or inside the pasted `face` (x1, y1, x2, y2)."
     d = d[d.method == "mtcnn"]
-    cx, cy = (d.x1 + d.x2) / 2, (d.y1 + d.y2) / 2
     if face is None:  # the tight utkmask faces hold the image centre (their boxes may pass the edges)
         w, h = d.width.astype(float) / 2, d.height.astype(float) / 2
         return f"boxes on the centre {100 * np.mean((d.x1 < w) & (d.x2 > w) & (d.y1 < h) & (d.y2 > h)):.1f}%"
+    cx, cy = (d.x1 + d.x2) / 2, (d.y1 + d.y2) / 2
     x1, y1, x2, y2 = face
     return f"box centres on the pasted face {100 * np.mean((cx > x1) & (cx < x2) & (cy > y1) & (cy < y2)):.1f}%"
 
@@ -121,7 +129,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads of the batched stage (faces' default 1)")
     ap.add_argument("--skip-naive", action="store_true", help="skip the naive loop with torch's default threads")
-    ap.add_argument("--canvas", default=None, help="WxH: compose each image into a photo of this size first")
+    ap.add_argument("--canvas", type=canvas_size, default=None, help="WxH: compose each image into a photo of this size first")
     ap.add_argument("--full", action="store_true", help="also detect every image once: rate per mask state")
     a = ap.parse_args()
     import torch
@@ -130,10 +138,9 @@ def main():
     scratch = Path(tempfile.mkdtemp(prefix="bench_faces_"))
     face_box = None
     if a.canvas:
-        size = tuple(int(v) for v in a.canvas.lower().split("x"))
         fw, fh = Image.open(files[0]).size
-        files = compose(files, size, scratch / "canvas")
-        x, y = paste_at((fw, fh), size)
+        files = compose(files, a.canvas, scratch / "canvas")
+        x, y = paste_at((fw, fh), a.canvas)
         face_box = (x, y, x + fw, y + fh)
     h, w = load_image(files[0]).shape[:2]
     print(f"{n} images ({w}x{h}) from {a.images}; device {faces.default_device()}, torch threads {torch.get_num_threads()}, "

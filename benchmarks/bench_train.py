@@ -24,30 +24,22 @@ from maskkit.datasets import preload, MaskDataset, make_loader, loader_throughpu
 from maskkit.losses import make_loss
 from maskkit.models import build_model, model_data_config
 from maskkit.train import TrainConfig, get_device, make_optimizer, seed_everything, train_one_epoch
-from maskkit.train import _autocast, _floats  # the loop's own autocast, so the probe measures what training runs
+from bench_faces import canvas_size, compose
 
 
 def step_probe(bb, batch, steps=8, device="cpu"):
-    "Images/s of forward+backward+AdamW on one fixed batch, per precision setting (no loader at all)."
-    out, device = {}, torch.device(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    "Images/s of `train_one_epoch` over one fixed batch, per precision setting: the training step with no loader."
+    out = {}
     for cl in (False, True):
         for amp in ("none", "bf16"):
             seed_everything(0)
             model = build_model(bb, pretrained=False).to(device)
             if cl: model = model.to(memory_format=torch.channels_last)
-            x = batch["image"].to(device)
-            x = x.contiguous(memory_format=torch.channels_last) if cl else x
-            y, opt, ce = batch["label"].to(device), torch.optim.AdamW(model.parameters(), 1e-4), make_loss("ce")
-            def step():
-                with _autocast(amp, device): out = model(x)
-                loss = ce(_floats(out), y)
-                opt.zero_grad(); loss.backward(); opt.step()
-            step(); step(); sync()  # warm-up: allocator, oneDNN/cuDNN kernels
-            t = time.perf_counter()
-            for _ in range(steps): step()
-            sync()
-            out[("channels_last " if cl else "") + ("bf16" if amp == "bf16" else "fp32")] = steps * len(y) / (time.perf_counter() - t)
+            cfg = TrainConfig(lr=1e-4, progress=False, amp=amp, channels_last=cl)
+            opt, loss = make_optimizer(model, cfg), make_loss("ce")
+            train_one_epoch(model, [batch] * 2, loss, opt, cfg=cfg)  # warm-up: allocator, oneDNN/cuDNN kernels
+            r = train_one_epoch(model, [batch] * steps, loss, opt, cfg=cfg)
+            out[("channels_last " if cl else "") + ("bf16" if amp == "bf16" else "fp32")] = r["images_per_s"]
     return out
 
 
@@ -70,7 +62,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--amp", default="none", help="none | bf16: autocast of the timed training epochs")
     ap.add_argument("--no-channels-last", action="store_true", help="train NCHW (04_train's default is channels-last)")
-    ap.add_argument("--canvas", default=None, help="WxH: compose each photo into a JPEG of this size first")
+    ap.add_argument("--canvas", type=canvas_size, default=None, help="WxH: compose each photo into a JPEG of this size first")
     a = ap.parse_args()
 
     if a.threads: torch.set_num_threads(a.threads)
@@ -82,10 +74,8 @@ def main():
             from maskkit.demo import ensure_demo_dataset
             root = ensure_demo_dataset(data.project_root() / "data" / "demo")
     df = pick_images(root, a.n_images, a.seed)
-    scratch = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    if a.canvas:
-        from bench_faces import compose
-        df["path"] = [str(p) for p in compose([Path(p) for p in df.path], tuple(int(v) for v in a.canvas.lower().split("x")), scratch)]
+    scratch = Path(tempfile.mkdtemp(prefix="bench_train_")) if a.canvas else None
+    if a.canvas: df["path"] = [str(p) for p in compose([Path(p) for p in df.path], a.canvas, scratch)]
     h0, w0 = data.load_image(df.path.iloc[0]).shape[:2]
     print(f"data {root}: {len(df)} images ({w0}x{h0} JPEG), train size {a.img_size}, batch {a.batch_size}, "
           f"{a.num_workers} workers, torch threads {torch.get_num_threads()}, amp {a.amp}, channels-last {not a.no_channels_last}")
@@ -132,7 +122,7 @@ def main():
               f"(loader alone {r['loader ratio']:.1f}x); target >= 3x. The model step alone runs "
               f"{r['step alone img/s']:.0f} img/s: the cached loader reaches {100 * r['cached img/s'] / r['step alone img/s']:.0f}% "
               f"of it, and no loader can make training faster than {r['step alone img/s'] / r['decode img/s']:.2f}x the decode loader here.")
-    shutil.rmtree(scratch, ignore_errors=True)
+    if scratch: shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
