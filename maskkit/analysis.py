@@ -262,19 +262,15 @@ def noise_suspects(oof, df=None, max_threshold=0.5) -> pd.DataFrame:
     if df is not None: t = _with_meta(t, df, [c for c in ("person_id", "stem", "age") if c in df.columns])
     return t.sort_values(["suspect", "loss"], ascending=[False, False], kind="stable").reset_index(drop=True)
 
-def _part_probs(P):
-    P = P.reshape(-1, 3, 2, 3)
-    return {"mask": P.sum((2, 3)), "gender": P.sum((1, 3)), "age": P.sum((1, 2))}
-
 def person_suspects(oof, df=None, min_share=0.5) -> pd.DataFrame:
     "Per person: label vs majority-voted predicted gender and age band; `flag_gender`/`flag_age` when most images disagree."
     o = _with_meta(oof, df, ["person_id", "age"])
     t, p = decode(o["label"].to_numpy()), decode(o["pred"].to_numpy())
-    pp = _part_probs(prob_matrix(o))
+    pp = part_marginals(prob_matrix(o))
     f = pd.DataFrame({"person_id": o.person_id.astype(str).to_numpy(), "age": o["age"].to_numpy(),
                       "gender": t["gender"], "age_bin": t["age"], "pg": p["gender"], "pa": p["age"]})
     for k in range(2): f[f"g{k}"] = pp["gender"][:, k]
-    for k in range(3): f[f"a{k}"] = pp["age"][:, k]
+    for k in range(3): f[f"a{k}"] = pp["age_bin"][:, k]
     rows = []
     for pid, g in f.groupby("person_id", sort=True):
         gv, av = g.pg.value_counts(), g.pa.value_counts()
@@ -307,10 +303,11 @@ def noise_overrides(persons, images=None, bounds=AGE_BOUNDS, mask_min_prob=0.9) 
         need = [c for c in ("person_id", "stem") if c not in images.columns]
         if need: raise KeyError(f"image suspects lack {need}; call noise_suspects(oof, df) with the training frame")
         s = images[images.suspect & (images.cl_class >= 0)]
-        s = s[(s.cl_class // 6 != s.label // 6) & (s.p_cl >= mask_min_prob)]
+        s = s[(decode_label(s.cl_class.to_numpy())[0] != decode_label(s.label.to_numpy())[0]) & (s.p_cl >= mask_min_prob)]
         for r in s.itertuples(index=False):
-            rows.append(dict(id=str(r.person_id), field=f"mask:{r.stem}", value=MASK_NAMES[r.cl_class // 6],
-                             reason=f"review: labelled {MASK_NAMES[r.label // 6]}, predicted {MASK_NAMES[r.cl_class // 6]} (p {r.p_cl:.2f})"))
+            was, now = MASK_NAMES[decode_label(r.label)[0]], MASK_NAMES[decode_label(r.cl_class)[0]]
+            rows.append(dict(id=str(r.person_id), field=f"mask:{r.stem}", value=now,
+                             reason=f"review: labelled {was}, predicted {now} (p {r.p_cl:.2f})"))
     return pd.DataFrame(rows, columns=OVERRIDE_COLUMNS)
 
 # %% ../nbs/05_gradcam.ipynb #b3f20fea

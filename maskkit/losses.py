@@ -13,14 +13,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .models import PARTS, N_CLASSES, AGE_SCALE, log_probs18
+from .labels import PARTS, NUM_CLASSES, encode_label, part_marginals
+from .models import AGE_SCALE, log_probs18
 
 # %% ../nbs/03c_losses.ipynb #f111409c
 def part_targets(y18: torch.Tensor) -> dict:
     "Soft part targets `{'mask': (B,3), 'gender': (B,2), 'age_bin': (B,3)}` as marginals of `y18` (B, 18)."
-    if y18.ndim != 2 or y18.shape[1] != N_CLASSES: raise ValueError(f"y18 must be (B, 18), got {tuple(y18.shape)}")
-    t = y18.reshape(-1, 3, 2, 3)
-    return {"mask": t.sum((2, 3)), "gender": t.sum((1, 3)), "age_bin": t.sum((1, 2))}
+    if y18.ndim != 2 or y18.shape[1] != NUM_CLASSES: raise ValueError(f"y18 must be (B, {NUM_CLASSES}), got {tuple(y18.shape)}")
+    return part_marginals(y18)
 
 # %% ../nbs/03c_losses.ipynb #012a36f3
 def smooth_targets(y: torch.Tensor, eps=0.0) -> torch.Tensor:
@@ -66,7 +66,7 @@ def class_weights_from_counts(counts, power=1.0) -> torch.Tensor:
 def part_class_weights(counts18, power=1.0) -> dict:
     "Per-part class weights for a multi-head model from the 18 class counts."
     c = torch.as_tensor(np.asarray(counts18, dtype=np.float64)).float()
-    if c.shape != (N_CLASSES,): raise ValueError(f"counts18 must have 18 entries, got {tuple(c.shape)}")
+    if c.shape != (NUM_CLASSES,): raise ValueError(f"counts18 must have 18 entries, got {tuple(c.shape)}")
     return {k: class_weights_from_counts(v[0], power) for k, v in part_targets(c[None]).items()}
 
 # %% ../nbs/03c_losses.ipynb #a71c20f7
@@ -87,7 +87,7 @@ def age_loss(pred, age, kind="mse", beta=0.1) -> torch.Tensor:
 # %% ../nbs/03c_losses.ipynb #a9d4b313
 COMPONENTS = {"ce": "ce", "cross_entropy": "ce", "focal": "focal", "f1": "f1", "soft_f1": "f1"}
 
-def as_targets(targets, n_classes=N_CLASSES) -> dict:
+def as_targets(targets, n_classes=NUM_CLASSES) -> dict:
     "Normalise targets to `{'y18': (B,18) float, 'age': ...}`; accepts a dict with `y18` or `label`, or a tensor."
     if torch.is_tensor(targets): targets = {"y18": targets}
     if not isinstance(targets, dict): raise TypeError(f"targets must be a dict with 'y18' (or a tensor), got {type(targets).__name__}")
@@ -123,7 +123,7 @@ class MaskLoss(nn.Module):
                 self.register_buffer(f"cw_{k}", v); self.cw_parts[k] = f"cw_{k}"
         elif class_weights is not None:
             v = torch.as_tensor(np.asarray(class_weights, dtype=np.float32))
-            if v.shape != (N_CLASSES,): raise ValueError(f"class_weights must have 18 entries (or be a dict per part), got {tuple(v.shape)}")
+            if v.shape != (NUM_CLASSES,): raise ValueError(f"class_weights must have 18 entries (or be a dict per part), got {tuple(v.shape)}")
             self.register_buffer("cw18_", v); self.cw18 = "cw18_"
         self._last = {}
 

@@ -11,7 +11,7 @@ from sklearn.metrics import f1_score, accuracy_score, precision_recall_fscore_su
 __all__ = ['as_labels', 'decode', 'score', 'per_class_f1', 'confusion', 'part_confusions', 'plot_confusion']
 
 # %% ../nbs/03d_metrics.ipynb #fdb156b4
-from .data import MASK_NAMES, GENDER_NAMES, AGE_BOUNDS, age_bin_names, class_names, decode_label
+from .labels import MASK_NAMES, GENDER_NAMES, AGE_BOUNDS, NUM_CLASSES, age_bin_names, class_names, decode_label, label_parts
 
 def _parts(bounds=AGE_BOUNDS) -> dict:
     return {"mask": MASK_NAMES, "gender": GENDER_NAMES, "age": age_bin_names(bounds)}
@@ -26,8 +26,8 @@ def as_labels(y, name="labels") -> np.ndarray:
             raise ValueError(f"{name}: expected integer class ids, got dtype {a.dtype}")
         a = a.astype(np.int64)
     a = a.astype(np.int64)
-    bad = (a < 0) | (a > 17)
-    if bad.any(): raise ValueError(f"{name}: {bad.sum()} value(s) outside 0..17, e.g. {a[bad][:5].tolist()}")
+    bad = (a < 0) | (a >= NUM_CLASSES)
+    if bad.any(): raise ValueError(f"{name}: {bad.sum()} value(s) outside 0..{NUM_CLASSES - 1}, e.g. {a[bad][:5].tolist()}")
     return a
 
 def _pair(y_true, y_pred):
@@ -53,14 +53,13 @@ def score(y_true, y_pred) -> dict:
 def per_class_f1(y_true, y_pred, bounds=AGE_BOUNDS) -> pd.DataFrame:
     "One row per class (all 18): names, precision, recall, f1, support."
     t, p = _pair(y_true, y_pred)
-    pr, rc, f1, sup = precision_recall_fscore_support(t, p, labels=np.arange(18), zero_division=0)
-    c = np.arange(18); names = class_names(bounds); ages = age_bin_names(bounds)
-    return pd.DataFrame({"class": c, "name": names, "mask": [MASK_NAMES[i] for i in c // 6],
-                         "gender": [GENDER_NAMES[i] for i in (c // 3) % 2], "age_bin": [ages[i] for i in c % 3],
+    c = np.arange(NUM_CLASSES)
+    pr, rc, f1, sup = precision_recall_fscore_support(t, p, labels=c, zero_division=0)
+    return pd.DataFrame({"class": c, "name": class_names(bounds), **label_parts(c, bounds),
                          "precision": pr, "recall": rc, "f1": f1, "support": sup})
 
 # %% ../nbs/03d_metrics.ipynb #d2d090d2
-def confusion(y_true, y_pred, labels=range(18), bounds=AGE_BOUNDS) -> pd.DataFrame:
+def confusion(y_true, y_pred, labels=range(NUM_CLASSES), bounds=AGE_BOUNDS) -> pd.DataFrame:
     "Confusion matrix (rows true, columns predicted) as a labelled frame."
     t, p = _pair(y_true, y_pred)
     labels = list(labels)

@@ -153,7 +153,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler=None, cfg: Trai
     optimizer.zero_grad(set_to_none=True)
     tot, seen, preds, labels = 0.0, 0, [], []
     t0 = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not cfg.progress)
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not cfg.progress, mininterval=10)  # a log gets a line per 10 s
     for i, batch in enumerate(bar):
         x, label, age = _batch(batch, device, cfg.channels_last)
         y18 = F.one_hot(label, 18).float()
@@ -235,14 +235,23 @@ def _generators(*objs) -> dict:
     for k, o in enumerate(objs): look(str(k), o)
     return out
 
+def _np_state_out():
+    "numpy's global RNG state with its key array as a tensor, so checkpoints load with `weights_only=True`."
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+
+def _np_state_in(st):
+    name, keys, pos, has_gauss, gauss = st
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
+
 def _rng_state(gens: dict) -> dict:
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    st = {"python": random.getstate(), "numpy": _np_state_out(), "torch": torch.get_rng_state(),
           "generators": {k: g.get_state() for k, g in gens.items()}}
     if torch.cuda.is_available(): st["cuda"] = torch.cuda.get_rng_state_all()
     return st
 
 def _set_rng_state(st: dict, gens: dict):
-    random.setstate(st["python"]); np.random.set_state(st["numpy"]); torch.set_rng_state(st["torch"])
+    random.setstate(st["python"]); _np_state_in(st["numpy"]); torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st["cuda"])
     for k, g in gens.items():
         if k in st["generators"]: g.set_state(st["generators"][k])
@@ -283,7 +292,7 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
     st = {"epoch": -1, "best": None, "best_epoch": None, "bad_epochs": 0, "history": [], "stopped": False}
     last, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if cfg.resume and last.exists():
-        ck = torch.load(last, map_location=device, weights_only=False)
+        ck = torch.load(last, map_location=device, weights_only=True)
         changed = {k: (v, getattr(cfg, k)) for k, v in ck.get("config", {}).items()
                    if k not in ("epochs", "patience", "resume", "progress", "device", "num_threads") and getattr(cfg, k, v) != v}
         if changed: warnings.warn(f"{last}: resuming with a changed config (old, new): {changed}")
@@ -303,6 +312,7 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
     start = st["epoch"] + 1
     writer = _tb_writer(run_dir, purge_step=start if start else None) if start < cfg.epochs and not st["stopped"] else None
     try:
+        t_fit = time.perf_counter()
         for epoch in range(start, cfg.epochs):
             if st["stopped"]: break
             t0 = time.perf_counter()
@@ -332,11 +342,14 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
                     if k != "epoch" and v is not None and np.isfinite(v): writer.add_scalar(k.replace("_", "/", 1), v, epoch)
                 writer.flush()
             msg = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k not in ("epoch", "lr", "images_per_s", "seconds"))
-            print(f"epoch {epoch}: {msg} ({row['seconds']:.0f}s, {row['images_per_s']:.0f} img/s)")
+            done, spent = epoch + 1 - start, time.perf_counter() - t_fit
+            eta = spent / done * (cfg.epochs - epoch - 1)
+            print(f"epoch {epoch + 1}/{cfg.epochs}: {msg} ({row['seconds']:.0f}s, {row['images_per_s']:.0f} img/s; "
+                  f"elapsed {spent / 60:.1f} min, ETA {eta / 60:.1f} min)", flush=True)
             if st["stopped"]: print(f"early stop: no {cfg.monitor} gain for {cfg.patience} epochs (best epoch {st['best_epoch']})")
     finally:
         if writer is not None: writer.close()
     if load_best and best_path.exists():
-        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
+        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
     return {"history": pd.DataFrame(st["history"]), "best_epoch": st["best_epoch"], "best": st["best"],
             "monitor": cfg.monitor, "stopped_early": st["stopped"], "run_dir": run_dir}

@@ -61,7 +61,7 @@ def test_sampler_seed_reproduces_and_default_length():
 # ---------------------------------------------------------------- image cache
 def test_cache_decodes_resizes_and_keeps_order(images):
     _, df = images
-    c = ImageCache(df.path, size=(32, 24), progress=False)
+    c = ImageCache(df.path, size=(24, 32), progress=False)
     assert c.array.shape == (5, 24, 32, 3) and c.array.dtype == np.uint8 and c.array.flags.c_contiguous
     for i, p in enumerate(df.path):
         assert np.abs(c[p].astype(int) - 30 * i).max() <= 2              # the right image in the right row
@@ -73,10 +73,10 @@ def test_cache_margin_and_centre_crop(tmp_path):
     a = np.zeros((100, 80, 3), np.uint8)
     a[25:75, 20:60] = 200
     p = tmp_path / "c.png"; Image.fromarray(a).save(p)
-    c = ImageCache([p], size=(40, 50), crop=(50, 40), progress=False)
+    c = ImageCache([p], size=(50, 40), crop=(50, 40), progress=False)
     assert c.array.shape == (1, 50, 40, 3) and (c[str(p)] == 200).all()
-    m = ImageCache([p], size=(40, 50), margin=0.1, progress=False)
-    assert m.size == (44, 55) and m.array.shape == (1, 55, 44, 3)
+    m = ImageCache([p], size=(50, 40), margin=0.1, progress=False)
+    assert m.size == (55, 44) and m.array.shape == (1, 55, 44, 3)
 
 
 def test_preload_unique_paths(images):
