@@ -8,44 +8,16 @@ import json, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
 from tqdm.auto import tqdm
-from .data import (AGE_BOUNDS, MASK_NAMES, GENDER_NAMES, DataError, project_root, age_bin_names, class_names,
-                          decode_label, load_image)
+from .data import DataError, project_root, load_image
+from .labels import AGE_BOUNDS, MASK_NAMES, GENDER_NAMES, PROB_COLS, age_bin_names, class_names, decode_label, part_marginals
 from .metrics import as_labels, decode, score, per_class_f1, confusion, part_confusions, plot_confusion
-from .runs import find_runs, resolve_run  # run lookup lives in maskkit.runs
+from .runs import Run, find_runs, resolve_run, read_preds, prob_matrix, read_json, write_json, write_csv
 
 # %% auto #0
-__all__ = ['PROB_COLS', 'ERROR_KINDS', 'read_preds', 'prob_matrix', 'error_kind', 'error_breakdown', 'age_from_path',
-           'accuracy_by_age', 'plot_accuracy_by_age', 'sample_loss', 'worst_examples', 'image_grid', 'CamModel',
-           'gradcam', 'cam_overlay', 'cam_face_share', 'box_area_share', 'face_boxes', 'noise_suspects',
-           'person_suspects', 'noise_overrides', 'load_run_model', 'run_image_size', 'analyse_run', 'run_transform',
+__all__ = ['ERROR_KINDS', 'error_kind', 'error_breakdown', 'age_from_path', 'accuracy_by_age', 'plot_accuracy_by_age',
+           'sample_loss', 'worst_examples', 'image_grid', 'CamModel', 'gradcam', 'cam_overlay', 'cam_face_share',
+           'box_area_share', 'face_boxes', 'noise_suspects', 'person_suspects', 'noise_overrides', 'analyse_run',
            'cam_report']
-
-# %% ../nbs/05_gradcam.ipynb #80d736ad
-PROB_COLS = [f"prob_{i}" for i in range(18)]
-
-def read_preds(path, kind="oof") -> pd.DataFrame:
-    "A run's `oof.csv` / `test.csv` (a file or the run folder) with columns and probabilities checked."
-    path = Path(path)
-    if path.is_dir(): path = path / f"{kind}.csv"
-    if not path.is_file(): raise FileNotFoundError(f"{path}: prediction file not found")
-    df = pd.read_csv(path, dtype={"ImageID": str, "person_id": str, "path": str, "stem": str})
-    key = "path" if kind == "oof" else "ImageID"
-    need = [key] + (["label"] if kind == "oof" else []) + PROB_COLS
-    missing = [c for c in need if c not in df.columns]
-    if missing: raise DataError(path, f"missing columns {missing[:4]}{' ...' if len(missing) > 4 else ''} (found {list(df.columns)[:8]})")
-    if df[key].duplicated().any(): raise DataError(path, f"duplicate {key} {df[key][df[key].duplicated()].iloc[0]!r}")
-    P = df[PROB_COLS].to_numpy(np.float64)
-    bad = ~np.isfinite(P).all(1) | (P < -1e-6).any(1) | (np.abs(P.sum(1) - 1) > 1e-2)
-    if bad.any(): raise DataError(path, f"{bad.sum()} rows whose prob_0..prob_17 are not a distribution (first: line {np.argmax(bad) + 2})")
-    df[PROB_COLS] = P.clip(0) / P.clip(0).sum(1, keepdims=True)
-    if kind == "oof": df["label"] = as_labels(df["label"].to_numpy(), f"{path}: label")
-    df["pred"] = df[PROB_COLS].to_numpy().argmax(1)
-    df.attrs["source"] = str(path)
-    return df
-
-def prob_matrix(df) -> np.ndarray:
-    "The (N, 18) probabilities of a prediction frame."
-    return df[PROB_COLS].to_numpy(np.float64)
 
 # %% ../nbs/05_gradcam.ipynb #e17ce140
 ERROR_KINDS = ("correct", "mask only", "gender only", "age only", "several")
@@ -214,35 +186,17 @@ def box_area_share(shape, box) -> float:
     return float(_box_mask(shape, box).mean())
 
 # %% ../nbs/05_gradcam.ipynb #0ddc1d3d
-def face_boxes(paths, size, crop_size=None) -> np.ndarray:
-    "(N, 4) face boxes of original image `paths` from the crop cache, in a (W, H) = `size` map; NaN where unknown."
-    from maskkit import faces
-    out = np.full((len(paths), 4), np.nan)
-    tables = {}
-    for i, p in enumerate(paths):
-        try: root = faces._split_of(p)
-        except DataError: continue
-        if root not in tables:
-            det = faces.load_detections(root)
-            det = det.drop_duplicates("rel", keep="last").set_index("rel") if len(det) else None
-            crops = None
-            if crop_size is not None:
-                crops = faces._read_table(faces.crop_dir(root, crop_size) / "crops.parquet")
-                crops = crops.drop_duplicates("rel", keep="last").set_index("rel") if crops is not None and len(crops) else None
-            tables[root] = (det, crops)
-        det, crops = tables[root]
-        try: rel = faces._rel(p, root)
-        except DataError: continue
-        if det is None or rel not in det.index: continue
-        d = det.loc[rel]
-        if d.get("method") != "mtcnn": continue
-        b = np.array([d.x1, d.y1, d.x2, d.y2], float)
-        if crop_size is not None:
-            if crops is None or rel not in crops.index or "crop_x1" not in crops.columns: continue
-            c = crops.loc[rel]; ox, oy, w, h = c.crop_x1, c.crop_y1, c.crop_x2 - c.crop_x1, c.crop_y2 - c.crop_y1
-        else: ox, oy, w, h = 0.0, 0.0, float(d.width), float(d.height)
-        sx, sy = size[0] / w, size[1] / h
-        out[i] = np.clip([(b[0] - ox) * sx, (b[1] - oy) * sy, (b[2] - ox) * sx, (b[3] - oy) * sy], 0, [size[0], size[1]] * 2)
+def face_boxes(faces: pd.DataFrame, size, use_crops=True) -> np.ndarray:
+    "(N, 4) face boxes of a `Predictor` face table (detection + crop box) in a map of `size` (H, W); NaN without a face."
+    h, w = size
+    out = np.full((len(faces), 4), np.nan)
+    for i, r in enumerate(faces.itertuples(index=False)):
+        if getattr(r, "method", None) != "mtcnn": continue
+        b = np.array([r.x1, r.y1, r.x2, r.y2], float)
+        if use_crops: ox, oy, cw, ch = r.crop_x1, r.crop_y1, r.crop_x2 - r.crop_x1, r.crop_y2 - r.crop_y1
+        else: ox, oy, cw, ch = 0.0, 0.0, float(r.width), float(r.height)
+        sx, sy = w / cw, h / ch
+        out[i] = np.clip([(b[0] - ox) * sx, (b[1] - oy) * sy, (b[2] - ox) * sx, (b[3] - oy) * sy], 0, [w, h] * 2)
     return out
 
 # %% ../nbs/05_gradcam.ipynb #74e4f74e
@@ -310,29 +264,6 @@ def noise_overrides(persons, images=None, bounds=AGE_BOUNDS, mask_min_prob=0.9) 
                              reason=f"review: labelled {was}, predicted {now} (p {r.p_cl:.2f})"))
     return pd.DataFrame(rows, columns=OVERRIDE_COLUMNS)
 
-# %% ../nbs/05_gradcam.ipynb #b3f20fea
-def load_run_model(run, device="cpu") -> nn.Module:
-    "The model of a run folder: rebuilt from `config.json`, weights from `best.pt` (key `model`), in eval mode."
-    from maskkit.models import build_model
-    d = Path(run)
-    cfg_path, ckpt = d / "config.json", d / "best.pt"
-    if not cfg_path.is_file(): raise FileNotFoundError(f"{cfg_path}: run config not found")
-    if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: checkpoint not found")
-    cfg = json.loads(cfg_path.read_text())
-    kw = {k: cfg[k] for k in ("head", "age_regression", "hidden") if cfg.get(k) is not None}
-    model = build_model(cfg.get("backbone", "tf_efficientnet_lite0"), pretrained=False, **kw)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    sd = state.get("model", state) if isinstance(state, dict) else state
-    try: model.load_state_dict(sd)
-    except RuntimeError as e: raise ValueError(f"{ckpt}: weights do not fit the model of {cfg_path} ({e})"[:600]) from e
-    return model.to(device).eval()
-
-def run_image_size(run) -> tuple:
-    "(W, H) input size of a run from `config.json` (`img_size`, int or pair; default 224)."
-    cfg = json.loads((Path(run) / "config.json").read_text())
-    s = cfg.get("img_size", cfg.get("size", 224))
-    return (int(s), int(s)) if np.ndim(s) == 0 else (int(s[1]), int(s[0]))
-
 # %% ../nbs/05_gradcam.ipynb #a8401419
 def analyse_run(run, df=None, out_dir=None, n_examples=16, bounds=AGE_BOUNDS) -> dict:
     "Confusions, per-class scores, error kinds, accuracy by age, worst examples and noise audit of a run's oof -> `out_dir`."
@@ -343,11 +274,9 @@ def analyse_run(run, df=None, out_dir=None, n_examples=16, bounds=AGE_BOUNDS) ->
     out.mkdir(parents=True, exist_ok=True)
     y, p = oof["label"].to_numpy(), oof["pred"].to_numpy()
     res = {"run": run.name, "score": score(y, p), "n": len(oof)}
-    cm = confusion(y, p, bounds=bounds); cm.to_csv(out / "confusion.csv")
-    plt.close(plot_confusion(cm, out / "confusion.png", title=f"{run.name}: macro-F1 {res['score']['macro_f1']:.4f}"))
-    for k, pcm in part_confusions(y, p, bounds).items():
-        pcm.to_csv(out / f"confusion_{k}.csv"); plt.close(plot_confusion(pcm, out / f"confusion_{k}.png", title=k))
-    res["per_class"] = per_class_f1(y, p, bounds); res["per_class"].to_csv(out / "per_class.csv", index=False)
+    own = run / "per_class_f1.csv"     # the run's own report; computed (not written again) when the run has none
+    res["per_class"] = pd.read_csv(own) if own.is_file() else per_class_f1(y, p, bounds)
+    for k, pcm in part_confusions(y, p, bounds).items(): plt.close(plot_confusion(pcm, out / f"confusion_{k}.png", title=f"{run.name}: {k}"))
     res["errors"] = error_breakdown(y, p); res["errors"].to_csv(out / "error_breakdown.csv", index=False)
     if "age" not in oof.columns and df is None:
         try: oof = oof.assign(age=[age_from_path(q) for q in oof.path])
@@ -368,46 +297,34 @@ def analyse_run(run, df=None, out_dir=None, n_examples=16, bounds=AGE_BOUNDS) ->
         imgs = res["suspects"] if {"person_id", "stem"} <= set(res["suspects"].columns) else None
         res["overrides"] = noise_overrides(res["persons"], imgs, bounds)
         res["overrides"].to_csv(out / "overrides_to_review.csv", index=False)
-    (out / "summary.json").write_text(json.dumps({"run": run.name, "n": len(oof), **res["score"],
-                                                 **dict(zip(res["errors"].kind, res["errors"].n.astype(int).tolist()))}, indent=1))
+    write_json(out / "analysis.json", {"run": run.name, "n": len(oof), **res["score"],
+                                       **dict(zip(res["errors"].kind, res["errors"].n.astype(int).tolist()))})
     res["out_dir"] = out
     return res
 
 # %% ../nbs/05_gradcam.ipynb #c97de982
-def run_transform(run, model=None):
-    "The eval transform of a run as `04_train` builds it: `augment`, `img_size` and the backbone's mean/std."
-    from maskkit.augment import build_transforms
-    from maskkit.models import model_data_config
-    cfg = json.loads((Path(run) / "config.json").read_text())
-    d = model_data_config(model if model is not None else cfg.get("backbone", "tf_efficientnet_lite0"))
-    W, H = run_image_size(run)
-    return build_transforms(cfg.get("augment") or (), size=(H, W), train=False, mean=d["mean"], std=d["std"])
-
-def cam_report(run, oof=None, n=8, out_dir=None, part=None, crop_size=(256, 256), bounds=AGE_BOUNDS) -> pd.DataFrame:
+def cam_report(run, oof=None, n=8, out_dir=None, part=None, bounds=AGE_BOUNDS) -> pd.DataFrame:
     "Grad-CAM overlays of `n` wrong and `n` right oof images of a run; per image the CAM mass share inside the face box."
     import matplotlib.pyplot as plt
-    run = Path(run)
-    cfg = json.loads((run / "config.json").read_text())
+    from maskkit.inference import Member, Predictor, _face_key
+    run = Path(resolve_run(run))
     oof = read_preds(run, "oof") if oof is None else oof
     out = Path(out_dir) if out_dir else run.parent.parent / "analysis" / run.name
     out.mkdir(parents=True, exist_ok=True)
-    model, size = load_run_model(run), run_image_size(run)
-    tf = run_transform(run, model)
+    member = Member.from_run(run)
     o = oof.assign(loss=sample_loss(oof))
-    if cfg.get("use_crops") and "crop_path" not in o.columns:
-        from maskkit.faces import with_crops
-        o = with_crops(o, size=crop_size, build=False)
-    col = "crop_path" if cfg.get("use_crops") else "path"
-    here = np.array([Path(q).is_file() for q in o[col]])
-    if not here.all(): warnings.warn(f"{(~here).sum()} of {len(o)} oof images not found (e.g. {o[col][~here].iloc[0]}): left out of the Grad-CAM report")
+    here = np.array([Path(q).is_file() for q in o.path])
+    if not here.all(): warnings.warn(f"{(~here).sum()} of {len(o)} oof images not found (e.g. {o.path[~here].iloc[0]}): left out of the Grad-CAM report")
     o = o[here]
     wrong = o[o.label != o.pred].sort_values("loss", ascending=False).head(n)
     right = o[o.label == o.pred].sort_values("loss").head(n)
     sel = pd.concat([wrong.assign(group="wrong"), right.assign(group="right")], ignore_index=True)
     if not len(sel): return sel
-    imgs = [load_image(q) for q in sel[col]]
-    cams = gradcam(model, torch.stack([tf(a) for a in imgs]), targets=sel.pred.to_numpy(), part=part, progress=True)
-    boxes = face_boxes(list(sel.path), (cams.shape[2], cams.shape[1]), crop_size if col == "crop_path" else None)
+    prep = Predictor(member, device="cpu").prepare(sel[["path"]], errors="raise")
+    crops = prep.crops[_face_key(member)]
+    x = member.inputs(crops)
+    cams = gradcam(member.model, x, targets=sel.pred.to_numpy(), part=part, progress=True)
+    boxes = face_boxes(prep.faces[_face_key(member)], cams.shape[1:], use_crops=bool(member.face["use_crops"]))
     sel["face_share"] = cam_face_share(cams, boxes)
     sel["face_area"] = [box_area_share(cams.shape[1:], b) for b in boxes]
     sel["face_ratio"] = sel.face_share / sel.face_area
@@ -415,12 +332,12 @@ def cam_report(run, oof=None, n=8, out_dir=None, part=None, crop_size=(256, 256)
     for g in ("wrong", "right"):
         s = sel[sel.group == g]
         if not len(s): continue
-        ov = [cam_overlay(np.asarray(_resize_img(imgs[i], (cams.shape[2], cams.shape[1]))), cams[i]) for i in s.index]
+        ov = [cam_overlay(np.asarray(_resize_img(crops[i], cams.shape[1:])), cams[i]) for i in s.index]
         plt.close(image_grid(ov, [f"{names[a]} -> {names[b]}" + ("" if np.isnan(f) else f"\nface {f:.0%}")
                                   for a, b, f in zip(s.label, s.pred, s.face_share)], path=out / f"gradcam_{g}.png"))
-    sel.drop(columns=[c for c in PROB_COLS if c in sel.columns]).to_csv(out / "gradcam.csv", index=False)
+    write_csv(out / "gradcam.csv", sel.drop(columns=[c for c in PROB_COLS if c in sel.columns]))
     return sel
 
-def _resize_img(a, size):
+def _resize_img(a, hw):
     from PIL import Image
-    return Image.fromarray(a).resize(tuple(size), Image.BILINEAR)
+    return Image.fromarray(a).resize((hw[1], hw[0]), Image.BILINEAR)

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['MASK_STEMS', 'GENDER_IDS', 'IMAGE_EXTS', 'TRAIN_COLUMNS', 'OVERRIDE_COLUMNS', 'ISSUE_COLUMNS', 'boundary_ages',
-           'DataError', 'load_image', 'project_root', 'default_data_root', 'split_dir', 'read_train_csv',
-           'person_files', 'read_overrides', 'apply_overrides', 'load_train', 'load_eval', 'person_folds',
-           'image_folds', 'Audit', 'audit']
+           'DataError', 'load_image', 'project_root', 'default_data_root', 'split_dir', 'reports_dir', 'test_sandbox',
+           'read_train_csv', 'person_files', 'read_overrides', 'apply_overrides', 'load_train', 'load_eval',
+           'person_folds', 'image_folds', 'Audit', 'audit']
 
 # %% ../nbs/00_data.ipynb #7843c1e9
 import hashlib, os, re
@@ -88,6 +88,20 @@ def split_dir(root, split="train") -> Path:
     marker = "train.csv" if split == "train" else "info.csv"
     if (root / marker).exists(): return root
     raise DataError(root, f"no {split}/ folder (expected {root/split/marker})")
+
+def reports_dir(*parts) -> Path:
+    "`$MASKKIT_REPORTS` (or the project's `reports/`) joined with `parts`: where every generated report and run goes."
+    env = os.environ.get("MASKKIT_REPORTS")
+    return (Path(env) if env else project_root() / "reports").joinpath(*parts)
+
+def test_sandbox() -> dict:
+    "Under `nbdev_test` (`IN_TEST` set): point reports and face caches at a temporary folder, so a test never writes into `reports/` or `data/`."
+    if not os.environ.get("IN_TEST"): return {}
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="maskkit-test-"))
+    for k, sub in (("MASKKIT_REPORTS", "reports"), ("MASKKIT_CACHE", "cache")):
+        if not os.environ.get(k): os.environ[k] = str(base / sub)
+    return {k: os.environ[k] for k in ("MASKKIT_REPORTS", "MASKKIT_CACHE")}
 
 # %% ../nbs/00_data.ipynb #da64e7da
 TRAIN_COLUMNS = ["id", "gender", "race", "age", "path"]

@@ -8,15 +8,16 @@ import json, re, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from tqdm.auto import tqdm
-from .data import DataError, project_root
+from .data import DataError, project_root, reports_dir
+from .labels import NUM_CLASSES, PROB_COLS
 from .metrics import as_labels, score
-from .analysis import PROB_COLS, read_preds, prob_matrix
-from .runs import find_runs, resolve_run
+from .runs import find_runs, resolve_run, read_preds, prob_matrix, read_json, write_json, write_csv
 
 # %% auto #0
 __all__ = ['TTA_VIEWS', 'SUBMISSION_COLUMNS', 'tta_predict', 'align_preds', 'soft_vote', 'hard_vote', 'top2_rule', 'fit_weights',
            'apply_method', 'compare_methods', 'recipe_name', 'group_runs', 'fold_average', 'combine_runs',
-           'make_submission', 'validate_submission', 'write_submission', 'score_submission', 'pseudo_labels']
+           'make_submission', 'validate_submission', 'write_submission', 'score_submission', 'pseudo_labels',
+           'kfold_ensemble']
 
 # %% ../nbs/06_ensemble.ipynb #72aa8199
 from .train import hflip
@@ -267,10 +268,9 @@ def validate_submission(sub, info, check_order=True) -> pd.DataFrame:
 def write_submission(sub, info, path=None) -> Path:
     "Validate `sub` against `info` and write it as CSV (default `reports/submission.csv`)."
     sub = validate_submission(sub, info)
-    path = Path(path) if path else project_root() / "reports" / "submission.csv"
+    path = Path(path) if path else reports_dir("submission.csv")
     path.parent.mkdir(parents=True, exist_ok=True)
-    sub.to_csv(path, index=False)
-    return path
+    return write_csv(path, sub)
 
 def score_submission(sub, solution_csv) -> dict:
     "`maskkit.metrics.score` of a submission against `solution.csv` (ImageID, ans, ...), rows matched by ImageID."
@@ -286,8 +286,41 @@ def pseudo_labels(test_df, probs=None, threshold=0.9) -> pd.DataFrame:
     if not 0 < threshold <= 1: raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     if "path" not in test_df.columns: raise KeyError(f"test frame needs a 'path' column (columns {list(test_df.columns)})")
     P = prob_matrix(test_df) if probs is None else np.asarray(probs, np.float64)
-    if P.shape != (len(test_df), 18): raise ValueError(f"probs must be ({len(test_df)}, 18), got {P.shape}")
+    if P.shape != (len(test_df), NUM_CLASSES): raise ValueError(f"probs must be ({len(test_df)}, {NUM_CLASSES}), got {P.shape}")
     conf = P.max(1); keep = conf >= threshold
     cols = [c for c in ("ImageID", "path") if c in test_df.columns]
     out = test_df.loc[keep, cols].reset_index(drop=True)
     return out.assign(label=P[keep].argmax(1), confidence=conf[keep])
+
+# %% ../nbs/06_ensemble.ipynb #00637fd3
+def kfold_ensemble(runs, name=None, out_dir=None, verbose=True) -> dict:
+    "Score the folds' concatenated OOF, average their test predictions into `submission.csv`; the summary (also `ensemble.json`)."
+    import matplotlib.pyplot as plt
+    run_dirs = [resolve_run(r) for r in runs]
+    c = combine_runs(run_dirs)
+    name = name or recipe_name(run_dirs[0])
+    out = Path(out_dir) if out_dir else reports_dir("kfold", name)
+    out.mkdir(parents=True, exist_ok=True)
+    oof = c["oof"]
+    write_csv(out / "oof.csv", oof)
+    per_fold = {r.name: score(o.label.to_numpy(), o.pred.to_numpy()) for r, (_, o) in zip(run_dirs, oof.groupby("run", sort=False))}
+    summary = {"name": name, "runs": [r.name for r in run_dirs], "oof": score(oof.label.to_numpy(), oof.pred.to_numpy()),
+               "n_oof": len(oof), "per_fold": per_fold, "submission": None}
+    info_csv = Path(read_json(run_dirs[0] / "config.json").get("data_root", "")) / "eval" / "info.csv"
+    if c["test"] is not None and info_csv.is_file():
+        write_csv(out / "test.csv", c["test"])
+        path = write_submission(make_submission(info_csv, c["test"]), info_csv, out / "submission.csv")
+        summary["submission"] = str(path)
+        sol = info_csv.parent / "solution.csv"
+        if sol.is_file(): summary["test"] = score_submission(path, sol)
+    write_json(out / "ensemble.json", summary)
+    fig, ax = plt.subplots(figsize=(1.2 * len(per_fold) + 2.5, 3))
+    vals = [s["macro_f1"] for s in per_fold.values()] + [summary["oof"]["macro_f1"]]
+    ax.bar(range(len(vals)), vals, color=["C0"] * len(per_fold) + ["C3"])
+    ax.set_xticks(range(len(vals)), [n.replace(name, "").strip("_") or n for n in per_fold] + ["all folds (OOF)"], rotation=20, fontsize=8)
+    ax.set_ylabel("macro-F1"); ax.set_title(f"{name}: out-of-fold macro-F1"); fig.tight_layout()
+    fig.savefig(out / "folds.png", dpi=100); plt.close(fig)
+    if verbose:
+        print(f"{name}: OOF macro-F1 {summary['oof']['macro_f1']:.4f} over {len(oof)} images of {len(run_dirs)} folds"
+              + (f"; submission {summary['submission']}" if summary["submission"] else "; no test set: no submission"))
+    return summary

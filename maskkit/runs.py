@@ -8,7 +8,7 @@ import json, os, platform, shutil, socket, subprocess, sys, time, warnings
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
-from .data import DataError, project_root
+from .data import DataError, project_root, reports_dir
 from .labels import AGE_BOUNDS, NUM_CLASSES, PROB_COLS
 from . import metrics
 
@@ -19,19 +19,20 @@ __all__ = ['IDENTITY_IGNORE', 'LOCK_FILE', 'ID_COLUMNS', 'KEY_CONFIG', 'SCORES',
            'compare', 'plot_curves']
 
 # %% ../nbs/03e_runs.ipynb #9d6069ab
-def runs_root(root="reports/runs") -> Path:
-    "`root` as a path; relative paths are taken from the project root (so notebooks work from `nbs/` too)."
+def runs_root(root=None) -> Path:
+    "`root` as a path (None: `reports_dir('runs')`); relative paths are taken from the project root (so notebooks work from `nbs/` too)."
+    if root is None: return reports_dir("runs")
     p = Path(root)
     return p if p.is_absolute() else project_root() / p
 
-def find_runs(root="reports/runs", need="oof.csv") -> list:
+def find_runs(root=None, need="oof.csv") -> list:
     "Run folders under `root` that hold the file `need`, oldest first (by that file's mtime)."
     d = runs_root(root)
     if not d.is_dir(): return []
     found = [p for p in d.iterdir() if p.is_dir() and (p / need).is_file()]
     return sorted(found, key=lambda p: ((p / need).stat().st_mtime, p.name))
 
-def resolve_run(run, root="reports/runs") -> Path:
+def resolve_run(run, root=None) -> Path:
     "A run folder from a `Run`, a path or a run name under `root`."
     if not isinstance(run, (str, os.PathLike)): return Path(run.path)   # a Run
     p = Path(run)
@@ -180,14 +181,14 @@ class Run:
         self.name = self.path.name
 
     @classmethod
-    def open(cls, run, root="reports/runs") -> "Run":
+    def open(cls, run, root=None) -> "Run":
         "An existing run from a name under `root`, a folder or a `Run`."
         r = cls(resolve_run(run, root))
         if not (r.path / "config.json").is_file(): raise FileNotFoundError(f"{r.path}: not a run folder (no config.json)")
         return r
 
     @classmethod
-    def create(cls, name=None, config=None, root="reports/runs", resume=True, ignore=IDENTITY_IGNORE) -> "Run":
+    def create(cls, name=None, config=None, root=None, resume=True, ignore=IDENTITY_IGNORE) -> "Run":
         "A locked run folder `root/name` with `config.json`, `git.json`, `env.json`; see above for resume and the lock."
         name = _check_name(name or time.strftime("%Y%m%d-%H%M%S"))
         run = cls(runs_root(root) / name)
@@ -327,7 +328,7 @@ def _run_row(run: dict) -> dict:
     row["commit"] = (run["git"].get("commit") or "")[:8]
     return row
 
-def compare(root="reports/runs", sort_by="macro_f1") -> pd.DataFrame:
+def compare(root=None, sort_by="macro_f1") -> pd.DataFrame:
     "One row per run under `root`: name, key config, best epoch, best valid scores, minutes (best first)."
     d = runs_root(root)
     runs = [load_run(p) for p in sorted(d.iterdir()) if (p / "config.json").exists()] if d.exists() else []
@@ -337,7 +338,7 @@ def compare(root="reports/runs", sort_by="macro_f1") -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 # %% ../nbs/03e_runs.ipynb #6415835b
-def plot_curves(runs, metric="macro_f1", root="reports/runs", path=None):
+def plot_curves(runs, metric="macro_f1", root=None, path=None):
     "Per-epoch curves of `metric` (str or list; train dashed, valid solid) for several runs, one panel per metric."
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
