@@ -8,7 +8,6 @@ STAMP := $(VENV)/.maskkit-installed
 DEMO := data/demo
 PM := $(VENV)/bin/papermill --log-output --no-progress-bar -k python3
 RUNS := reports/notebooks
-export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
 .PHONY: install demo demo-data crops pipeline test export clean-demo kfold
@@ -57,13 +56,13 @@ test: demo-data
 	$(VENV)/bin/nbdev_test --n_workers 2 --timing
 	$(PY) -m pytest -q tests
 
-# k-fold training of one recipe (or the notebook defaults) and the ensemble of its folds; resumable.
-#   make kfold RECIPE=rank1_effb4_cutmix FOLDS=5 ARGS="-p data_root=../shared/data/utkmask -p epochs=3"
+# K-fold cross-validation of one recipe (or the defaults) and the ensemble of its folds; resumable.
+#   make kfold RECIPE=rank1_effb4_cutmix FOLDS=5 ARGS="--data-root ../shared/data/utkmask --epochs 3"
 RECIPE ?=
 FOLDS ?= 5
 ARGS ?=
 kfold: demo-data
-	$(PY) -m maskkit.runs $(if $(RECIPE),--recipe $(RECIPE)) --folds $(FOLDS) $(ARGS)
+	$(VENV)/bin/maskkit kfold $(if $(RECIPE),--recipe $(RECIPE)) --folds $(FOLDS) $(ARGS)
 
 clean-demo:
 	rm -rf $(DEMO) reports/notebooks reports/runs

@@ -1,6 +1,7 @@
 import pytest
 
 @pytest.fixture(autouse=True)
-def _cache_outside_project(tmp_path_factory, monkeypatch):
-    "Face-crop caches of test data sets go to a temporary folder, not to the project's data/cache."
+def _sandbox(tmp_path_factory, monkeypatch):
+    "Every test writes its face caches and reports (runs, figures, submissions) to temporary folders, never to data/ or reports/."
     monkeypatch.setenv("MASKKIT_CACHE", str(tmp_path_factory.mktemp("maskkit-cache")))
+    monkeypatch.setenv("MASKKIT_REPORTS", str(tmp_path_factory.mktemp("maskkit-reports")))

@@ -1,9 +1,11 @@
 import json
 import numpy as np, pandas as pd, pytest, torch, torch.nn as nn
-from maskkit.runs import find_runs
-from maskkit.analysis import (PROB_COLS, read_preds, error_kind, error_breakdown, accuracy_by_age, sample_loss,
+from maskkit.runs import find_runs, read_preds
+from maskkit.labels import PROB_COLS
+from maskkit.inference import Member
+from maskkit.analysis import (error_kind, error_breakdown, accuracy_by_age, sample_loss,
                               worst_examples, gradcam, cam_face_share, box_area_share, face_boxes, noise_suspects,
-                              person_suspects, noise_overrides, analyse_run, load_run_model)
+                              person_suspects, noise_overrides, analyse_run)
 from maskkit.data import DataError, read_overrides, apply_overrides
 from maskkit.models import build_model
 
@@ -92,17 +94,13 @@ def test_cam_face_share_hand_made():
     assert box_area_share((8, 8), (0, 0, 4, 8)) == pytest.approx(0.5)
 
 
-def test_face_boxes_from_detection_table(tmp_path, monkeypatch):
-    from maskkit.faces import FACES_TABLE, cache_dir
-    monkeypatch.setenv("MASKKIT_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "train"
-    (root / "images/p").mkdir(parents=True)
-    cache_dir(root).mkdir(parents=True)
-    pd.DataFrame(dict(rel=["images/p/a.jpg", "images/p/b.jpg"], n_faces=[1, 0], width=[200, 200], height=[100, 100],
-                      method=["mtcnn", "fallback"], x1=[20.0, np.nan], y1=[10.0, np.nan], x2=[120.0, np.nan],
-                      y2=[60.0, np.nan], prob=[0.99, np.nan])).to_parquet(cache_dir(root) / FACES_TABLE)
-    b = face_boxes([str(root / "images/p/a.jpg"), str(root / "images/p/b.jpg")], (50, 50))
+def test_face_boxes_from_a_face_table():
+    "Boxes of the Predictor's face table mapped into the model input of the crop (or of the whole photo)."
+    ft = pd.DataFrame(dict(method=["mtcnn", "fallback"], width=[200, 200], height=[100, 100], x1=[20.0, np.nan], y1=[10.0, np.nan],
+                           x2=[120.0, np.nan], y2=[60.0, np.nan], crop_x1=[0, 40], crop_y1=[0, 0], crop_x2=[100, 140], crop_y2=[100, 100]))
+    b = face_boxes(ft, (50, 50), use_crops=False)
     assert b[0] == pytest.approx([5, 5, 30, 30]) and np.isnan(b[1]).all()
+    assert face_boxes(ft, (50, 50))[0] == pytest.approx([10, 5, 50, 30])   # in the 100x100 crop, clipped to it
 
 
 # --- error analysis -------------------------------------------------------------------------------------------
@@ -185,11 +183,12 @@ def test_analyse_run_and_model(tmp_path):
     res = analyse_run(run, n_examples=3)
     out = tmp_path / "reports/analysis/r"
     assert res["out_dir"] == out and (out / "confusion_gender.png").exists() and (out / "overrides_to_review.csv").exists()
-    assert json.loads((out / "summary.json").read_text())["correct"] == 63
+    assert json.loads((out / "analysis.json").read_text())["correct"] == 63
+    assert not (out / "per_class.csv").exists() and not (out / "confusion.csv").exists()   # the run's own tables are not copied
     m = build_model("resnet10t", head="single")
     (run / "config.json").write_text(json.dumps({"backbone": "resnet10t", "head": "multi"}))
     torch.save({"model": m.state_dict()}, run / "best.pt")
-    with pytest.raises(ValueError, match="best.pt"): load_run_model(run)
+    with pytest.raises(ValueError, match="best.pt"): Member.from_run(run)
     (run / "config.json").write_text(json.dumps({"backbone": "resnet10t", "head": "single"}))
     x = torch.randn(1, 3, 64, 64)
-    assert torch.allclose(load_run_model(run)(x)["logits"], m.eval()(x)["logits"])
+    assert torch.allclose(Member.from_run(run).model(x)["logits"], m.eval()(x)["logits"])

@@ -1,6 +1,7 @@
 import json
 import numpy as np, pandas as pd, pytest, torch
-from maskkit.analysis import PROB_COLS, prob_matrix
+from maskkit.labels import PROB_COLS
+from maskkit.runs import prob_matrix
 from maskkit.ensemble import (soft_vote, hard_vote, top2_rule, fit_weights, compare_methods, apply_method, align_preds,
                               fold_average, combine_runs, group_runs, recipe_name, make_submission, validate_submission,
                               write_submission, score_submission, pseudo_labels, tta_predict)

@@ -127,7 +127,7 @@ def test_cache_hit_and_invalidation(tmp_path):
     t = faces.build_crop_cache(root / "train", size=(32, 32), detector=det, batch_size=4, progress=False)
     assert det.images == 6 and len(t) == 6 and t.crop_path.map(lambda p: Path(p).exists()).all()
     assert Image.open(t.crop_path[0]).size == (32, 32)
-    assert (faces.crop_dir(root / "train", (32, 32)) / "000000_male_Asian_30" / "mask1.jpg").exists()
+    assert (faces.crop_dir(root / "train", (32, 32)) / "000000_male_Asian_30" / "mask1.jpg.jpg").exists()
     det2 = CountingDetector()
     faces.build_crop_cache(root / "train", size=(32, 32), detector=det2, progress=False)
     assert det2.images == 0                                      # rerun: nothing detected
@@ -139,9 +139,55 @@ def test_cache_hit_and_invalidation(tmp_path):
     assert row.crop_x2 <= 60 and row.crop_y2 <= 80               # cropped from the new 60x80 image
     det4 = CountingDetector()
     faces.build_crop_cache(root / "train", size=(16, 24), detector=det4, progress=False)
-    assert det4.images == 0 and Image.open(next(faces.crop_dir(root / "train", (16, 24)).rglob("*.jpg"))).size == (16, 24)
+    assert det4.images == 0 and Image.open(next(faces.crop_dir(root / "train", (16, 24)).rglob("*.jpg"))).size == (24, 16)   # size is (H, W); PIL's is (W, H)
     t5 = faces.build_crop_cache(root, size=(32, 32), detector=det4, progress=False)   # dataset root: both splits
     assert det4.images == 6 and len(t5) == 12
+
+
+def test_same_stem_other_extension_gets_its_own_crop(tmp_path):
+    "x.jpg, x.jpeg and x.JPG are three pictures: three crops, each of its own source."
+    d = tmp_path / "eval" / "images"
+    for i, ext in enumerate(("jpg", "jpeg", "JPG")): _save(d / f"x.{ext}", np.full((64, 48, 3), 60 * (i + 1), np.uint8))
+    t = faces.build_crop_cache(tmp_path / "eval", size=(32, 32), detector=CountingDetector(), progress=False)
+    assert t.crop_path.nunique() == 3
+    means = [np.asarray(Image.open(p)).mean() for p in t.sort_values("rel").crop_path]
+    assert len({round(m) for m in means}) == 3
+
+
+class FailingOn:
+    "A detector that raises on images of one brightness (identity fixed, so the cache key does not change)."
+    identity = "test-detector"
+    def __init__(self, bad_value=None): self.images, self.bad = 0, bad_value
+    def __call__(self, batch):
+        if self.bad is not None and (batch.reshape(len(batch), -1).mean(1).round() == self.bad).any(): raise RuntimeError("boom")
+        self.images += len(batch)
+        return CountingDetector()(batch)
+
+
+def test_detector_failures_are_kept_and_retried(tmp_path):
+    d = tmp_path / "eval" / "images"
+    for i in range(3): _save(d / f"{i}.png", np.full((64, 48, 3), 50 * (i + 1), np.uint8))
+    with pytest.warns(UserWarning, match="face detection failed"):
+        t = faces.build_crop_cache(tmp_path / "eval", size=(32, 32), detector=FailingOn(bad_value=100), progress=False)
+    det = faces.load_detections(tmp_path / "eval").set_index("rel")
+    assert "boom" in det.error["images/1.png"] and det.method["images/1.png"] == "fallback" and det.error.isna().sum() == 2
+    assert t.set_index("rel").face_method["images/1.png"] == "fallback"          # the run goes on with the fallback crop
+    ok = FailingOn()
+    t2 = faces.build_crop_cache(tmp_path / "eval", size=(32, 32), detector=ok, progress=False)
+    assert ok.images == 1 and t2.set_index("rel").face_method["images/1.png"] == "face"   # only the failed image retried
+    other = CountingDetector()                                                     # another detector: detected again
+    faces.build_crop_cache(tmp_path / "eval", size=(32, 32), detector=other, progress=False)
+    assert other.images == 3
+
+
+def test_only_the_rows_in_use_are_detected(tmp_path):
+    root = _dataset(tmp_path / "ds", n_persons=4)
+    det = CountingDetector()
+    some = sorted((root / "train" / "images").rglob("*.jpg"))[:3]
+    t = faces.build_crop_cache(root / "train", size=(32, 32), detector=det, only=some, progress=False)
+    assert det.images == 3 and len(t) == 3
+    t2 = faces.build_crop_cache(root / "train", size=(32, 32), detector=det, progress=False)   # the rest, the 3 kept
+    assert det.images == 8 and len(t2) == 8
 
 
 def test_interrupted_run_resumes(tmp_path):

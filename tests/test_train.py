@@ -168,22 +168,26 @@ def test_bad_batches_raise_clearly():
 
 
 def test_run_records_and_compare(tmp_path):
-    rd = runs.new_run(tmp_path, "r1", {"backbone": "toy", "lr": 0.1, "img_size": (8, 8)})
+    run = runs.Run.create("r1", {"backbone": "toy", "lr": 0.1, "img_size": (8, 8)}, root=tmp_path)
+    rd = run.path
     assert json.loads((rd / "config.json").read_text())["img_size"] == [8, 8]
     assert set(json.loads((rd / "git.json").read_text())) >= {"commit", "dirty"}
     res = fit(Toy(), *loaders(), soft_ce, TrainConfig(epochs=2, progress=False), rd)
     probs, idx = predict(Toy(), loaders()[1], progress=False)
     df = pd.DataFrame({"path": [f"p{i}" for i in range(48)], "label": ToyDS(48, 1).y.numpy()})
-    oof = pd.read_csv(runs.save_predictions(rd, df, probs, "oof"))
+    oof = pd.read_csv(run.save_predictions(df, probs, "oof"))
     assert (oof.pred == probs.argmax(1)).all() and np.allclose(oof.filter(like="prob_").values, probs, atol=1e-6)
     test = df.drop(columns="label").assign(ImageID=[f"{i}.jpg" for i in range(48)])
-    runs.save_predictions(rd, test, probs, "test")
+    run.save_predictions(test, probs, "test")
+    assert not (rd / "submission.csv").exists()          # a submission is only written through the validator
+    run.write_submission(pd.DataFrame({"ImageID": test.ImageID, "ans": probs.argmax(1)}), test[["ImageID"]])
     assert pd.read_csv(rd / "submission.csv").columns.tolist() == ["ImageID", "ans"]
-    with pytest.raises(ValueError, match="rows"): runs.save_predictions(rd, df.iloc[:5], probs)
-    s = runs.save_report(rd, df.label, oof.pred)
+    with pytest.raises(ValueError, match="rows"): run.save_predictions(df.iloc[:5], probs)
+    s = run.report(df.label, oof.pred)
     assert s["accuracy"] == pytest.approx((oof.pred == df.label).mean()) and (rd / "confusion.png").exists()
-    rd2 = runs.new_run(tmp_path, "r2", {"backbone": "toy2"})
-    runs.log_epoch(rd2, {"epoch": 0, "valid_macro_f1": 2.0, "valid_accuracy": 1.0, "seconds": 120})
+    run.release()
+    with runs.Run.create("r2", {"backbone": "toy2"}, root=tmp_path) as r2:
+        runs.log_epoch(r2.path, {"epoch": 0, "valid_macro_f1": 2.0, "valid_accuracy": 1.0, "seconds": 120})
     cmp = runs.compare(tmp_path)
     assert cmp.name.tolist() == ["r2", "r1"] and cmp.loc[0, "minutes"] == 2.0
     assert cmp.loc[1, "macro_f1"] == res["best"] and cmp.loc[1, "best_epoch"] == res["best_epoch"]
@@ -192,3 +196,9 @@ def test_run_records_and_compare(tmp_path):
     fig = runs.plot_curves(["r1", "r2"], ["loss", "macro_f1"], root=tmp_path)
     assert len(fig.axes) == 2
     with pytest.raises(FileNotFoundError, match="not a run folder"): runs.load_run(tmp_path / "nope")
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    "best.pt and last.pt hold only tensors and plain values (numpy's RNG state as a tensor), so resume is safe."
+    fit(Toy(), *loaders(), soft_ce, TrainConfig(epochs=1, progress=False), tmp_path)
+    for f in ("best.pt", "last.pt"): torch.load(tmp_path / f, weights_only=True)
