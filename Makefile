@@ -10,7 +10,7 @@ PM := $(VENV)/bin/papermill --log-output --no-progress-bar -k python3
 RUNS := reports/notebooks
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo demo-data crops pipeline test export clean-demo kfold
+.PHONY: install demo demo-data crops pipeline test export clean-demo kfold readme
 
 install: $(STAMP)
 
@@ -50,6 +50,14 @@ demo: pipeline
 
 export: $(STAMP)
 	$(VENV)/bin/nbdev_export
+
+# README.md is built from nbs/index.ipynb: executed (its run in a temporary folder), cleaned, converted to markdown.
+# (nbdev_readme needs the quarto binary, which cannot be installed without internet beyond the package registries.)
+readme: $(STAMP)
+	cd nbs && MASKKIT_REPORTS=$$(mktemp -d) MASKKIT_CACHE=$$(mktemp -d) ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace index.ipynb
+	$(PY) -c "import json; p = 'nbs/index.ipynb'; nb = json.load(open(p)); nb['metadata'].pop('widgets', None); json.dump(nb, open(p, 'w'))"
+	$(VENV)/bin/nbdev_clean --fname nbs/index.ipynb
+	$(VENV)/bin/jupyter nbconvert --to markdown nbs/index.ipynb --TagRemovePreprocessor.remove_cell_tags=hide --output-dir . --output README
 
 # nbdev_test runs every notebook (cells flagged `slow` skipped), then pytest runs tests/.
 test: demo-data

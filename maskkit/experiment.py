@@ -324,7 +324,7 @@ def build_model(p: TrainParams):
     seed_everything(p.seed)
     return _build(p.backbone, head=p.head, age_regression=p.age_regression, pretrained=p.pretrained, hidden=p.hidden)
 
-def build_loaders(p: TrainParams, fold: FoldData, model, pseudo=None) -> Loaders:
+def build_loaders(p: TrainParams, fold: FoldData, model, pseudo=None, verbose=True) -> Loaders:
     "Images decoded once into memory at training size (the full crop when an augment crops), transforms, loaders, mix."
     from maskkit.models import model_data_config
     from maskkit.augment import build_transforms, make_mix, CROP_OPS, parse_augment
@@ -336,7 +336,7 @@ def build_loaders(p: TrainParams, fold: FoldData, model, pseudo=None) -> Loaders
     train_tf = build_transforms(p.augment, size=hw, train=True, mean=d["mean"], std=d["std"])
     eval_tf = build_transforms(p.augment, size=hw, train=False, mean=d["mean"], std=d["std"])
     train_df = fold.train if pseudo is None else pd.concat([fold.train, pseudo], ignore_index=True)
-    cache = preload(pd.concat([fold.df, pseudo], ignore_index=True) if pseudo is not None else fold.df, fold.image_col, size=cache_hw)
+    cache = preload(pd.concat([fold.df, pseudo], ignore_index=True) if pseudo is not None else fold.df, fold.image_col, size=cache_hw, progress=verbose)
     ds = MaskDataset(train_df, train_tf, fold.image_col, cache)
     smp = class_sampler(train_df.label, power=p.sampler_power, seed=p.seed) if p.sampler == "weighted" else None
     train_dl = make_loader(ds, p.batch_size, shuffle=smp is None, sampler=smp, num_workers=p.num_workers, seed=p.seed,
@@ -360,18 +360,18 @@ def build_loss(p: TrainParams, train_df):
     return make_loss(p.loss, **opts)
 
 # %% ../nbs/03g_experiment.ipynb #217402f8
-def train_config(p: TrainParams):
-    "The `maskkit.train.TrainConfig` of `p`."
+def train_config(p: TrainParams, progress=True):
+    "The `maskkit.train.TrainConfig` of `p` (`progress`: bars and a line per epoch)."
     from maskkit.train import TrainConfig
     return TrainConfig(epochs=p.epochs, lr=p.lr, optimizer=p.optimizer, weight_decay=p.weight_decay, scheduler=p.scheduler,
                        step_size=p.step_size, gamma=p.gamma, warmup_epochs=p.warmup_epochs, accum_steps=p.accum_steps, amp=p.amp,
                        grad_clip=p.grad_clip, channels_last=p.channels_last, patience=p.patience, seed=p.seed, resume=p.resume,
-                       num_threads=p.num_threads)
+                       num_threads=p.num_threads, progress=progress)
 
-def fit_run(p: TrainParams, run: Run, model, loaders: Loaders, loss_fn) -> dict:
+def fit_run(p: TrainParams, run: Run, model, loaders: Loaders, loss_fn, verbose=True) -> dict:
     "`maskkit.train.fit` into `run`, then the optional SGD fine-tuning; the fit result (best model loaded)."
     from maskkit.train import fit, get_device
-    cfg = train_config(p)
+    cfg = train_config(p, verbose)
     loss_fn = loss_fn.to(get_device(cfg.device))
     result = fit(model, loaders.train, loaders.valid, loss_fn, cfg, run.path, mix=loaders.mix, tta=loaders.tta)
     if p.sgd_finetune_epochs:
@@ -388,14 +388,14 @@ def report_oof(p: TrainParams, run: Run, model, loaders: Loaders, fold: FoldData
     run.save_predictions(fold.valid, oof, "oof")
     return run.report(fold.valid.label.to_numpy(), oof.argmax(1), bounds=tuple(p.age_bounds), extra=extra)
 
-def finetune_on_valid(p: TrainParams, run: Run, model, loaders: Loaders, fold: FoldData, loss_fn):
+def finetune_on_valid(p: TrainParams, run: Run, model, loaders: Loaders, fold: FoldData, loss_fn, verbose=True):
     "A few epochs on the validation persons (after the OOF report), recorded in `finetune_valid/`."
     from maskkit.train import fit
     from maskkit.datasets import MaskDataset, make_loader
     if not p.finetune_on_valid_epochs or fold.valid is None: return None
     dl = make_loader(MaskDataset(fold.valid, loaders.train_tf, fold.image_col, loaders.cache), p.batch_size, shuffle=True,
                      num_workers=p.num_workers, seed=p.seed, drop_last=len(fold.valid) > p.batch_size)
-    cfg = dataclasses.replace(train_config(p), epochs=int(p.finetune_on_valid_epochs), scheduler="none", warmup_epochs=0, patience=None)
+    cfg = dataclasses.replace(train_config(p, verbose), epochs=int(p.finetune_on_valid_epochs), scheduler="none", warmup_epochs=0, patience=None)
     return fit(model, dl, None, loss_fn, cfg, run.path / "finetune_valid", mix=loaders.mix)
 
 # %% ../nbs/03g_experiment.ipynb #3fbed0d6
@@ -457,14 +457,14 @@ def train_run(params: TrainParams | dict | None = None, root=None, verbose=True,
         eval_df, prepared = eval_inputs(fold.root, predictor, verbose)       # the eval set, read and cropped up front
         fold = add_crops(fold, p, verbose)
         pseudo = pseudo_rows(p, fold, verbose)
-        loaders = build_loaders(p, fold, model, pseudo)
+        loaders = build_loaders(p, fold, model, pseudo, verbose)
         if verbose: print(fold, "|", loaders.cache)
         loss_fn = build_loss(p, fold.train if pseudo is None else pd.concat([fold.train, pseudo]))
-        result = fit_run(p, run, model, loaders, loss_fn)
+        result = fit_run(p, run, model, loaders, loss_fn, verbose)
         extra = {"best_epoch": result["best_epoch"], "epochs_run": len(result["history"]), "stopped_early": result["stopped_early"],
                  "minutes": round((time.perf_counter() - t0) / 60, 2), "run_name": name}
         summary = report_oof(p, run, model, loaders, fold, extra)
-        finetune_on_valid(p, run, model, loaders, fold, loss_fn)
+        finetune_on_valid(p, run, model, loaders, fold, loss_fn, verbose)
         predict_test(p, run, predictor, eval_df, prepared, verbose)
         from maskkit.runs import plot_curves
         import matplotlib.pyplot as plt

@@ -113,7 +113,7 @@ class Member:
         self.model.eval()
 
     @classmethod
-    def from_run(cls, run, device="cpu", root="reports/runs") -> "Member":
+    def from_run(cls, run, device="cpu", root=None) -> "Member":
         from maskkit.models import build_model
         run = Run.open(run, root)
         cfg = run.config
@@ -156,12 +156,12 @@ class Predictor:
         self.bounds = bounds.pop()
 
     @classmethod
-    def from_run(cls, run, root="reports/runs", **kw) -> "Predictor":
+    def from_run(cls, run, root=None, **kw) -> "Predictor":
         "The model of one run (its `model.pt`, else `best.pt`)."
         return cls([Member.from_run(run, "cpu", root)], **kw)
 
     @classmethod
-    def from_runs(cls, runs, weights=None, root="reports/runs", **kw) -> "Predictor":
+    def from_runs(cls, runs, weights=None, root=None, **kw) -> "Predictor":
         "A soft-vote ensemble of runs (folds of a recipe, or several recipes), optionally weighted."
         return cls([Member.from_run(r, "cpu", root) for r in runs], weights=weights, **kw)
 

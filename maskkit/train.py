@@ -344,7 +344,7 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
             msg = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k not in ("epoch", "lr", "images_per_s", "seconds"))
             done, spent = epoch + 1 - start, time.perf_counter() - t_fit
             eta = spent / done * (cfg.epochs - epoch - 1)
-            print(f"epoch {epoch + 1}/{cfg.epochs}: {msg} ({row['seconds']:.0f}s, {row['images_per_s']:.0f} img/s; "
+            if cfg.progress: print(f"epoch {epoch + 1}/{cfg.epochs}: {msg} ({row['seconds']:.0f}s, {row['images_per_s']:.0f} img/s; "
                   f"elapsed {spent / 60:.1f} min, ETA {eta / 60:.1f} min)", flush=True)
             if st["stopped"]: print(f"early stop: no {cfg.monitor} gain for {cfg.patience} epochs (best epoch {st['best_epoch']})")
     finally:
