@@ -59,10 +59,13 @@ readme: $(STAMP)
 	$(VENV)/bin/nbdev_clean --fname nbs/index.ipynb
 	$(VENV)/bin/jupyter nbconvert --to markdown nbs/index.ipynb --TagRemovePreprocessor.remove_cell_tags=hide --output-dir . --output README
 
-# nbdev_test runs every notebook (cells flagged `slow` skipped), then pytest runs tests/.
+# nbdev_test runs every notebook (cells flagged `slow` skipped), then pytest runs tests/; neither may touch reports/.
 test: demo-data
-	$(VENV)/bin/nbdev_test --n_workers 2 --timing
-	$(PY) -m pytest -q tests
+	@before=$$(find reports -type f -print0 2>/dev/null | sort -z | xargs -0 -r md5sum); \
+	$(VENV)/bin/nbdev_test --n_workers 2 --timing && $(PY) -m pytest -q tests; rc=$$?; \
+	after=$$(find reports -type f -print0 2>/dev/null | sort -z | xargs -0 -r md5sum); \
+	if [ "$$before" != "$$after" ]; then echo "make test changed files under reports/:"; diff <(echo "$$before") <(echo "$$after"); rc=1; fi; \
+	exit $$rc
 
 # K-fold cross-validation of one recipe (or the defaults) and the ensemble of its folds; resumable.
 #   make kfold RECIPE=rank1_effb4_cutmix FOLDS=5 ARGS="--data-root ../shared/data/utkmask --epochs 3"

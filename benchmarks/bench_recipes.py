@@ -1,9 +1,9 @@
 """Rank the reported recipes against the competition baseline, each scaled down for a CPU.
 
 Every preset of `maskkit.recipes.RECIPES` is resolved, scaled down (`scale_down`: offline EfficientNet-Lite0, small
-images, few epochs, optional person limit; techniques kept) and run through papermill of `nbs/04_train.ipynb` on
-the same person fold of the real faces. The run records (`reports/runs/<run>/`) give macro-F1, accuracy and
-per-part accuracies; the wall clock of each notebook gives minutes. Writes `reports/recipes.md` (table + what
+images, few epochs, optional person limit; techniques kept) and trained with `maskkit.train_run` on the same person
+fold of the real faces. The run records (`reports/runs/<run>/`) give macro-F1, accuracy and per-part accuracies;
+the wall clock of each run gives minutes. Writes `reports/recipes.md` (table + what
 helped, as deltas against `baseline` measured in the same invocation) and `reports/recipes.png`.
 
     .venv/bin/python benchmarks/bench_recipes.py --epochs 2 --img-size 128 --limit 200
@@ -18,7 +18,8 @@ import numpy as np, pandas as pd
 from tqdm.auto import tqdm
 
 from maskkit.data import project_root, load_train, load_image, split_dir
-from maskkit.recipes import RECIPES, POST_KEYS, resolve, scale_down, check, train_defaults, run_train
+from maskkit.experiment import TrainParams, train_run
+from maskkit.recipes import RECIPES, POST_KEYS, scale_down
 from maskkit.runs import compare, runs_root
 
 PARTS = ("mask_acc", "gender_acc", "age_acc")
@@ -74,7 +75,7 @@ def techniques(name: str, scaled=()) -> str:
 
 
 def train_only(data_root, where) -> Path:
-    "A folder whose `train/` links to `data_root`'s: 04_train then skips test predictions (nothing to rank there)."
+    "A folder whose `train/` links to `data_root`'s: train_run then skips test predictions (nothing to rank there)."
     d = Path(where); d.mkdir(parents=True, exist_ok=True)
     link = d / "train"
     if link.is_symlink(): link.unlink()
@@ -83,29 +84,30 @@ def train_only(data_root, where) -> Path:
 
 
 def run_all(args) -> pd.DataFrame:
-    defaults, hw = train_defaults(), photo_hw(args.data_root)
+    hw = photo_hw(args.data_root)
     root, rows = project_root(), []
     data_root = args.data_root if args.with_eval else train_only(args.data_root, root / "reports" / "bench_recipes_data")
     for name in tqdm(pick(args.recipes), desc="recipes"):
         run_name = f"{args.tag}-{name}-e{args.epochs}-s{args.img_size}" + (f"-l{args.limit}" if args.limit else "")
         base = {"data_root": str(data_root), "fold": args.fold, "n_splits": args.n_splits, "seed": args.seed,
                 "run_name": run_name, "num_workers": args.num_workers, "resume": False}  # a fresh run each time
-        p = resolve(name, {**defaults, **base}, defaults)
-        p = check(scale_down(p, img_size=args.img_size, epochs=args.epochs, limit=args.limit, image_hw=hw, batch_size=args.batch_size))
-        if args.crops == "off": p["use_crops"] = False
-        if name == "baseline" and args.baseline_split == "person": p["split"] = "person"
-        scaled = [k for k, v in RECIPES[name].items() if k in defaults and json.dumps(v) != json.dumps(p.get(k))]
-        ignored = sorted(k for k in p if k not in defaults)
-        print(f"\n=== {name}: run {run_name}" + (f" (not parameters of 04_train, not run: {ignored})" if ignored else ""), flush=True)
+        p = scale_down(TrainParams.from_recipe(name, **base), img_size=args.img_size, epochs=args.epochs, limit=args.limit,
+                       image_hw=hw, batch_size=args.batch_size)
+        if args.crops == "off": p = p.replace(use_crops=False)
+        if name == "baseline" and args.baseline_split == "person": p = p.replace(split="person")
+        d = p.to_dict()
+        scaled = [k for k, v in RECIPES[name].items() if json.dumps(v) != json.dumps(d.get(k))]
+        ignored = ["ensemble"] if "ensemble" in RECIPES[name] else []
+        print(f"\n=== {name}: run {run_name}" + (f" (ensemble step not benchmarked: {ignored})" if ignored else ""), flush=True)
         t0, err = time.perf_counter(), ""
         try:
-            if not args.report_only: run_train(p, output=root / "reports" / "notebooks" / "bench_recipes" / f"{name}.ipynb")
+            if not args.report_only: train_run(p)
         except Exception as e:  # one failed preset must not hide the others
             err = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]
             print(f"!!! {name} failed: {err}", flush=True)
         wall = np.nan if args.report_only else (time.perf_counter() - t0) / 60
         rows.append({"recipe": name, "run": run_name, "wall_min": wall, "error": err,
-                     "img_size": json.dumps(p["img_size"]), "not_run": ", ".join(ignored),
+                     "img_size": json.dumps(d["img_size"]), "not_run": ", ".join(ignored),
                      "scaled": ", ".join(scaled)})
     res = pd.DataFrame(rows)
     raw = project_root() / args.out / "recipes_runs.csv"  # wall minutes survive a --report-only rebuild

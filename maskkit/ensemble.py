@@ -242,12 +242,15 @@ def _read_sub(sub, what="submission"):
     if not p.is_file(): raise FileNotFoundError(f"{p}: {what} not found")
     return pd.read_csv(p, dtype=str, keep_default_na=False), str(p)
 
-def validate_submission(sub, info, check_order=True) -> pd.DataFrame:
+def validate_submission(sub, info, check_order=True, what="info") -> pd.DataFrame:
     "The submission with int `ans`, or a ValueError naming the problem (columns, duplicate/missing/extra ids, order, ans)."
     sub, src = _read_sub(sub)
-    info, isrc = _read_sub(info, "info")
+    info, isrc = _read_sub(info, what)
     if list(sub.columns) != SUBMISSION_COLUMNS: raise ValueError(f"{src}: columns must be {SUBMISSION_COLUMNS}, got {list(sub.columns)}")
+    if "ImageID" not in info.columns: raise ValueError(f"{isrc}: no ImageID column (columns {list(info.columns)})")
     ids, want = sub.ImageID.astype(str), info.ImageID.astype(str)
+    wdup = want[want.duplicated()]
+    if len(wdup): raise ValueError(f"{isrc}: {len(wdup)} duplicated ImageID row(s), e.g. {wdup.iloc[0]!r}: fix the {what} file first")
     dup = ids[ids.duplicated()]
     if len(dup): raise ValueError(f"{src}: {len(dup)} duplicated ImageID row(s), e.g. {dup.iloc[0]!r}")
     missing = sorted(set(want) - set(ids))
@@ -258,7 +261,11 @@ def validate_submission(sub, info, check_order=True) -> pd.DataFrame:
         i = int(np.argmax(ids.to_numpy() != want.to_numpy()))
         raise ValueError(f"{src}: rows not in {isrc} order (row {i + 1}: {ids.iloc[i]!r}, expected {want.iloc[i]!r})")
     raw = sub.ans
-    num = raw.astype(float) if pd.api.types.is_numeric_dtype(raw) else pd.to_numeric(raw.astype(str).str.strip(), errors="coerce")
+    if pd.api.types.is_bool_dtype(raw): num = pd.Series(np.nan, index=raw.index)           # True/False are not classes
+    elif pd.api.types.is_numeric_dtype(raw): num = raw.astype(float)
+    else:
+        txt = raw.astype(str).str.strip()   # plain integers only: '1e1', '3.0', 'True' are refused
+        num = pd.to_numeric(txt.where(txt.str.fullmatch(r"[+-]?\d+")), errors="coerce")
     bad = num.isna() | (num % 1 != 0)
     if bad.any(): raise ValueError(f"{src}: ans must be integers; row {int(np.argmax(bad.to_numpy())) + 1} has {raw[bad].iloc[0]!r} ({int(bad.sum())} such rows)")
     out = (num < 0) | (num > 17)
@@ -276,7 +283,7 @@ def score_submission(sub, solution_csv) -> dict:
     "`maskkit.metrics.score` of a submission against `solution.csv` (ImageID, ans, ...), rows matched by ImageID."
     sol, ssrc = _read_sub(solution_csv, "solution")
     if not {"ImageID", "ans"} <= set(sol.columns): raise ValueError(f"{ssrc}: needs ImageID and ans columns, got {list(sol.columns)}")
-    sub = validate_submission(sub, sol[["ImageID"]], check_order=False)
+    sub = validate_submission(sub, sol if isinstance(solution_csv, pd.DataFrame) else solution_csv, check_order=False, what="solution")
     m = sol[["ImageID", "ans"]].merge(sub, on="ImageID", suffixes=("_true", ""), validate="one_to_one")
     return score(pd.to_numeric(m.ans_true).to_numpy(), m.ans.to_numpy())
 

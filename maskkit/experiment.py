@@ -373,7 +373,7 @@ def fit_run(p: TrainParams, run: Run, model, loaders: Loaders, loss_fn, verbose=
     from maskkit.train import fit, get_device
     cfg = train_config(p, verbose)
     loss_fn = loss_fn.to(get_device(cfg.device))
-    result = fit(model, loaders.train, loaders.valid, loss_fn, cfg, run.path, mix=loaders.mix, tta=loaders.tta)
+    result = fit(model, loaders.train, loaders.valid, loss_fn, cfg, run.path, mix=loaders.mix, tta=loaders.tta, hparams=run.config)
     if p.sgd_finetune_epochs:
         sgd = dataclasses.replace(cfg, optimizer="sgd", lr=p.sgd_lr or p.lr, epochs=int(p.sgd_finetune_epochs), scheduler="none", warmup_epochs=0)
         result["sgd_finetune"] = fit(model, loaders.train, loaders.valid, loss_fn, sgd, run.path / "sgd_finetune", mix=loaders.mix, tta=loaders.tta)

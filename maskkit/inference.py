@@ -12,25 +12,20 @@ import numpy as np, pandas as pd, torch
 from PIL import Image
 from tqdm.auto import tqdm
 import maskkit  # torchvision ops hook
-from .data import DataError, IMAGE_EXTS, load_image, _to_rgb
+from .data import DataError, IMAGE_EXTS, is_os_file, load_image, _to_rgb
 from .labels import AGE_BOUNDS, NUM_CLASSES, PROB_COLS, as_hw, label_parts
 from .runs import Run, read_json
 
 # %% auto #0
-__all__ = ['OS_FILES', 'FACE_KEYS', 'FACE_DEFAULTS', 'folder_files', 'array_to_rgb', 'read_inputs', 'Member', 'Predictor',
-           'Prepared']
+__all__ = ['FACE_KEYS', 'FACE_DEFAULTS', 'folder_files', 'array_to_rgb', 'read_inputs', 'Member', 'Predictor', 'Prepared']
 
 # %% ../nbs/03f_inference.ipynb #01e6f9b8
-OS_FILES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}
-
-def _is_os_file(p: Path) -> bool: return p.name.lower() in OS_FILES or p.name.startswith(("._", "."))
-
 def folder_files(folder) -> tuple:
     "`(files, skipped)`: every file under `folder` (sorted), and the operating-system metadata files left out."
     files, skipped = [], []
     for p in sorted(Path(folder).rglob("*")):
         if not p.is_file(): continue
-        (skipped if _is_os_file(p) or any(q.startswith(".") for q in p.relative_to(folder).parts[:-1]) else files).append(p)
+        (skipped if is_os_file(p) or any(q.startswith(".") for q in p.relative_to(folder).parts[:-1]) else files).append(p)
     return files, skipped
 
 def array_to_rgb(a) -> np.ndarray:

@@ -141,7 +141,7 @@ def _batch(batch, device, channels_last=False):
 
 # %% ../nbs/03e_learner.ipynb #b153a339
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler=None, cfg: TrainConfig | None = None, mix=None,
-                    scaler=None, epoch: int = 0) -> dict:
+                    scaler=None, epoch: int = 0, writer=None) -> dict:
     "One pass over `loader`; returns mean loss, train macro-F1/accuracy (vs unmixed labels), images/s, seconds."
     from maskkit.models import probs18
     cfg = cfg or TrainConfig()
@@ -173,6 +173,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler=None, cfg: Trai
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None: scheduler.step()
         bs = len(label); tot += loss.item() * bs; seen += bs
+        if writer is not None: writer.add_scalar("train/step_loss", loss.item(), epoch * n + i)   # the batch's loss, per step
         preds.append(probs18(out).argmax(1).cpu()); labels.append(label.cpu())
         bar.set_postfix(loss=f"{tot / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.1f}")
     secs = time.perf_counter() - t0
@@ -269,13 +270,19 @@ def _tb_writer(run_dir: Path, purge_step=None):
         return None
     return SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
 
+def _log_hparams(writer, hparams: dict, metrics: dict):
+    "The run's parameters in TensorBoard's hparams plugin (lists and dicts as JSON text), with its final scores."
+    import json
+    flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in hparams.items() if v is not None}
+    writer.add_hparams(flat, {k: float(v) for k, v in metrics.items() if v is not None}, run_name=".")
+
 def _better(a, b, mode):
     if b is None: return True
     if a is None or (isinstance(a, float) and math.isnan(a)): return False
     return a < b if mode == "min" else a > b
 
 # %% ../nbs/03e_learner.ipynb #d67c3a25
-def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=None, load_best=True) -> dict:
+def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=None, load_best=True, hparams=None) -> dict:
     "Train for `cfg.epochs` with checkpoints, metrics.csv, TensorBoard, early stopping and resume; see above."
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
@@ -310,13 +317,14 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
         shutil.rmtree(run_dir / "tb", ignore_errors=True)
     write_json(run_dir / "train_config.json", cfg)
     start = st["epoch"] + 1
-    writer = _tb_writer(run_dir, purge_step=start if start else None) if start < cfg.epochs and not st["stopped"] else None
+    n_steps = len(train_loader)   # TensorBoard's step is the batch: epoch e ends at step (e + 1) * n_steps
+    writer = _tb_writer(run_dir, purge_step=start * n_steps if start else None) if start < cfg.epochs and not st["stopped"] else None
     try:
         t_fit = time.perf_counter()
         for epoch in range(start, cfg.epochs):
             if st["stopped"]: break
             t0 = time.perf_counter()
-            tr = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, cfg, mix, scaler, epoch)
+            tr = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, cfg, mix, scaler, epoch, writer)
             row = {"epoch": epoch, **{f"train_{k}": tr[k] for k in ("loss", "macro_f1", "accuracy")},
                    "lr": tr["lr"], "images_per_s": tr["images_per_s"]}
             if valid_loader is not None:
@@ -339,7 +347,7 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
             log_epoch(run_dir, row)
             if writer is not None:
                 for k, v in row.items():
-                    if k != "epoch" and v is not None and np.isfinite(v): writer.add_scalar(k.replace("_", "/", 1), v, epoch)
+                    if k != "epoch" and v is not None and np.isfinite(v): writer.add_scalar(k.replace("_", "/", 1), v, (epoch + 1) * n_steps)
                 writer.flush()
             msg = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k not in ("epoch", "lr", "images_per_s", "seconds"))
             done, spent = epoch + 1 - start, time.perf_counter() - t_fit
@@ -348,7 +356,9 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
                   f"elapsed {spent / 60:.1f} min, ETA {eta / 60:.1f} min)", flush=True)
             if st["stopped"]: print(f"early stop: no {cfg.monitor} gain for {cfg.patience} epochs (best epoch {st['best_epoch']})")
     finally:
-        if writer is not None: writer.close()
+        if writer is not None:
+            if hparams: _log_hparams(writer, hparams, {f"hparam/best_{cfg.monitor}": st["best"], "hparam/epochs_run": len(st["history"])})
+            writer.close()
     if load_best and best_path.exists():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
     return {"history": pd.DataFrame(st["history"]), "best_epoch": st["best_epoch"], "best": st["best"],

@@ -202,3 +202,15 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     "best.pt and last.pt hold only tensors and plain values (numpy's RNG state as a tensor), so resume is safe."
     fit(Toy(), *loaders(), soft_ce, TrainConfig(epochs=1, progress=False), tmp_path)
     for f in ("best.pt", "last.pt"): torch.load(tmp_path / f, weights_only=True)
+
+
+def test_tensorboard_gets_step_losses_and_hparams(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tl, vl = loaders()
+    fit(Toy(), tl, vl, soft_ce, TrainConfig(epochs=2, progress=False), tmp_path, hparams={"lr": 1e-3, "augment": ["hflip"], "x": None})
+    ev = EventAccumulator(str(tmp_path / "tb")); ev.Reload()
+    steps = [e.step for e in ev.Scalars("train/step_loss")]
+    assert steps == list(range(2 * len(tl)))                            # one point per batch
+    assert [e.step for e in ev.Scalars("valid/macro_f1")] == [len(tl), 2 * len(tl)]   # epoch ends, on the same axis
+    assert ev.PluginTagToContent("hparams")                             # the hparams plugin wrote the run's parameters
