@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
 from tqdm.auto import tqdm
 from .data import DataError, project_root, load_image
-from .labels import AGE_BOUNDS, MASK_NAMES, GENDER_NAMES, PROB_COLS, age_bin_names, class_names, decode_label, part_marginals
+from .labels import AGE_BOUNDS, MASK_NAMES, GENDER_NAMES, NUM_CLASSES, PROB_COLS, age_bin_names, class_names, decode_label, part_marginals
 from .metrics import as_labels, decode, score, per_class_f1, confusion, part_confusions, plot_confusion
 from .runs import Run, find_runs, resolve_run, read_preds, prob_matrix, read_json, write_json, write_csv
 
@@ -203,7 +203,7 @@ def face_boxes(faces: pd.DataFrame, size, use_crops=True) -> np.ndarray:
 def noise_suspects(oof, df=None, max_threshold=0.5) -> pd.DataFrame:
     "Images ranked by likely label error: confident-learning flag `suspect`, class `cl_class`, `loss`, `margin`."
     P, y = prob_matrix(oof), as_labels(oof["label"].to_numpy())
-    thr = np.full(18, float(max_threshold))
+    thr = np.full(NUM_CLASSES, float(max_threshold))
     for c in np.unique(y): thr[c] = min(P[y == c, c].mean(), max_threshold)
     above = P >= thr[None, :]
     cand = np.where(above, P, -1).argmax(1)

@@ -277,7 +277,7 @@ def person_folds(df, n_splits=5, seed=42) -> pd.DataFrame:
     "A copy of `df` with an int column `fold`: persons stratified on gender x age band."
     from sklearn.model_selection import StratifiedKFold
     persons = df.groupby("person_id", sort=True).agg(gender_id=("gender_id", "first"), age_bin=("age_bin", "first"))
-    strata = persons.gender_id * 3 + persons.age_bin
+    strata = pd.Series(encode_label(0, persons.gender_id.to_numpy(), persons.age_bin.to_numpy()), index=persons.index)   # gender x age band
     counts = strata.value_counts()
     if counts.min() < n_splits:  # rare strata: merge into their gender so StratifiedKFold can still split
         strata = strata.where(strata.map(counts) >= n_splits, persons.gender_id + 100)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
+from .labels import encode_label
 try: import fcntl
 except ImportError: fcntl = None  # not on Windows: no lock
 
@@ -296,7 +297,7 @@ def make_demo_dataset(root, n_persons: int = 60, n_eval_persons: int = 20, seed:
             image_id = hashlib.sha1((r.id + stem).encode()).hexdigest() + ".jpg"
             im.save(root / "eval" / "images" / image_id, quality=quality)
             m = mask_of_stem(stem)
-            sol.append(dict(ImageID=image_id, ans=m * 6 + r.gender_id * 3 + r.age_bin, mask=m, gender=r.gender_id,
+            sol.append(dict(ImageID=image_id, ans=encode_label(m, r.gender_id, r.age_bin), mask=m, gender=r.gender_id,
                             age=r.age_bin, age_years=r.age, race=r.race, person_id=r.id, stem=stem,
                             mask_state=state, mask_style=style))
     train[["id", "gender", "race", "age", "path"]].to_csv(root / "train" / "train.csv", index=False)

@@ -39,7 +39,7 @@ def tta_predict(model, data, variants=("none", "hflip"), image_cols=None, batch_
         if image_cols and not isinstance(data, MaskDataset): raise ValueError("image_cols needs a MaskDataset")
         dsets = [data] if not image_cols else [data if c == data.image_col else MaskDataset(data.df, data.transform, c) for c in image_cols]
         loaders, n = [make_loader(d, batch_size, num_workers=num_workers) for d in dsets], len(data)
-    out = np.zeros((n, 18))
+    out = np.zeros((n, NUM_CLASSES))
     for dl in loaders:
         probs, idx = predict(model, dl, tta=fns, progress=progress)
         if len(idx) != n or len(np.unique(idx)) != n: raise ValueError(f"the loader gave {len(idx)} rows for a dataset of {n}")
@@ -73,7 +73,7 @@ def _stack(probs_list):
     P = [np.asarray(p, np.float64) for p in probs_list]
     if not P: raise ValueError("no members")
     for i, p in enumerate(P):
-        if p.ndim != 2 or p.shape[1] != 18: raise ValueError(f"member {i}: probabilities must be (N, 18), got {p.shape}")
+        if p.ndim != 2 or p.shape[1] != NUM_CLASSES: raise ValueError(f"member {i}: probabilities must be (N, {NUM_CLASSES}), got {p.shape}")
         if p.shape != P[0].shape: raise ValueError(f"member {i} has {p.shape[0]} rows, member 0 has {P[0].shape[0]}")
     return np.stack(P)
 
@@ -93,7 +93,7 @@ def hard_vote(preds_list, scores) -> np.ndarray:
     Y = np.stack([as_labels(np.asarray(p).reshape(-1), f"member {i}") for i, p in enumerate(preds_list)])
     scores = np.asarray(scores, np.float64).reshape(-1)
     if len(scores) != len(Y): raise ValueError(f"{len(scores)} scores for {len(Y)} members")
-    votes = np.zeros((Y.shape[1], 18), int)
+    votes = np.zeros((Y.shape[1], NUM_CLASSES), int)
     for y in Y: votes[np.arange(len(y)), y] += 1
     winners = votes == votes.max(1, keepdims=True)
     out = votes.argmax(1)
@@ -105,8 +105,8 @@ def hard_vote(preds_list, scores) -> np.ndarray:
 def top2_rule(probs, class_counts, threshold=0.05) -> np.ndarray:
     "Argmax, except when the top two classes are within `threshold`: then the one with more training images."
     P = np.asarray(probs, np.float64); counts = np.asarray(class_counts).reshape(-1)
-    if P.ndim != 2 or P.shape[1] != 18: raise ValueError(f"probabilities must be (N, 18), got {P.shape}")
-    if len(counts) != 18: raise ValueError(f"class_counts must have 18 entries, got {len(counts)}")
+    if P.ndim != 2 or P.shape[1] != NUM_CLASSES: raise ValueError(f"probabilities must be (N, {NUM_CLASSES}), got {P.shape}")
+    if len(counts) != NUM_CLASSES: raise ValueError(f"class_counts must have {NUM_CLASSES} entries, got {len(counts)}")
     order = np.argsort(-P, axis=1, kind="stable")
     a, b = order[:, 0], order[:, 1]
     idx = np.arange(len(P))
@@ -264,8 +264,8 @@ def validate_submission(sub, info, check_order=True, what="info") -> pd.DataFram
     if pd.api.types.is_bool_dtype(raw): num = pd.Series(np.nan, index=raw.index)           # True/False are not classes
     elif pd.api.types.is_numeric_dtype(raw): num = raw.astype(float)
     else:
-        txt = raw.astype(str).str.strip()   # plain integers only: '1e1', '3.0', 'True' are refused
-        num = pd.to_numeric(txt.where(txt.str.fullmatch(r"[+-]?\d+")), errors="coerce")
+        txt = raw.astype(str).str.strip()   # integers (or '3.0'); '1e1', 'True', '1.5' are refused
+        num = pd.to_numeric(txt.where(txt.str.fullmatch(r"[+-]?\d+(\.0*)?")), errors="coerce")
     bad = num.isna() | (num % 1 != 0)
     if bad.any(): raise ValueError(f"{src}: ans must be integers; row {int(np.argmax(bad.to_numpy())) + 1} has {raw[bad].iloc[0]!r} ({int(bad.sum())} such rows)")
     out = (num < 0) | (num > 17)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
 from tqdm.auto import tqdm
 from .metrics import score
+from .labels import NUM_CLASSES
 from .runs import log_epoch, write_json
 
 # %% auto #0
@@ -156,7 +157,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler=None, cfg: Trai
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not cfg.progress, mininterval=10)  # a log gets a line per 10 s
     for i, batch in enumerate(bar):
         x, label, age = _batch(batch, device, cfg.channels_last)
-        y18 = F.one_hot(label, 18).float()
+        y18 = F.one_hot(label, NUM_CLASSES).float()
         if age is None: age = torch.zeros(len(label), device=device)
         if mix is not None: x, y18, age = mix(x, y18, age)
         with _autocast(cfg.amp, device): out = model(x)
@@ -198,13 +199,13 @@ def _infer(model, loader, loss_fn=None, tta=None, amp="none", progress=True, des
                 p = p + probs18(out).float()
                 if k == 0 and loss_fn is not None and label is not None and (label >= 0).all():
                     a = age if age is not None else torch.zeros(len(x), device=device)
-                    tot += loss_fn(out, {"y18": F.one_hot(label, 18).float(), "age": a}).item() * len(x)
+                    tot += loss_fn(out, {"y18": F.one_hot(label, NUM_CLASSES).float(), "age": a}).item() * len(x)
             probs.append((p / len(tta)).cpu())
             idx.append(batch["index"].cpu() if "index" in batch else torch.arange(start, start + len(x)))
             start += len(x); seen += len(x)
             if label is None or (label < 0).any(): has_labels = False
             else: labels.append(label.cpu())
-    probs = torch.cat(probs).numpy() if probs else np.zeros((0, 18), np.float32)
+    probs = torch.cat(probs).numpy() if probs else np.zeros((0, NUM_CLASSES), np.float32)
     y = torch.cat(labels).numpy() if has_labels and labels else None
     loss = tot / seen if (loss_fn is not None and y is not None and seen) else float("nan")
     return probs, torch.cat(idx).numpy() if idx else np.zeros(0, int), y, loss

@@ -44,7 +44,7 @@ def make(root, persons=(("000001", "male", 25),), cols="id,gender,race,age,path"
     lines = [cols]
     for pid, g, a in persons:
         d = tr / "images" / f"{pid}_{g}_Asian_{a}"; d.mkdir()
-        for s in MASK_STEMS: Image.new("RGB", (10, 10)).save(d / f"{s}.jpg")
+        for s in MASK_STEMS: Image.new("RGB", (48, 48)).save(d / f"{s}.jpg")   # large enough to hold a face
         lines.append(f"{pid},{g},Asian,{a},{d.name}")
     (tr / "train.csv").write_text("\n".join(lines) + "\n")
     return Path(root)
