@@ -22,9 +22,11 @@ $(STAMP): setup.py settings.ini constraints.txt
 	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
 	# facenet-pytorch pins torch<2.3, numpy<2, Pillow<10.3 but runs fine on the current ones
 	$(PIP) install --quiet --no-deps facenet-pytorch==2.6.0
+	# trackers (ByteTrack for maskkit.video) asks for the GUI opencv-python; the headless build already here serves it
+	$(PIP) install --quiet --no-deps trackers==2.6.1
 	# the torchvision hook for every interpreter of the venv (see nbs/00b_compat.ipynb)
 	$(PY) -m maskkit.compat
-	$(PY) -c "import torchvision, timm, facenet_pytorch, pytorch_grad_cam, maskkit; print('imports ok')"
+	$(PY) -c "import torchvision, timm, facenet_pytorch, pytorch_grad_cam, onnxruntime, trackers, maskkit; print('imports ok')"
 	touch $@
 
 demo-data: $(STAMP)
@@ -43,6 +45,7 @@ pipeline: crops
 	$(PM) nbs/04_train.ipynb $(RUNS)/04_train_multi.ipynb -p fold 0 -p run_name demo_multi_fold0 -p resume False -p head multi
 	$(PM) nbs/05_gradcam.ipynb $(RUNS)/05_gradcam.ipynb -y '{"runs": ["demo_single_fold0"]}'
 	$(PM) nbs/06_ensemble.ipynb $(RUNS)/06_ensemble.ipynb -y '{"runs": ["demo_single_fold0", "demo_multi_fold0"]}'
+	$(PM) nbs/08a_video.ipynb $(RUNS)/08a_video.ipynb -p run_name demo_single_fold0
 	@echo "submission: reports/submission.csv; scored report: reports/ensemble/"
 
 demo: pipeline

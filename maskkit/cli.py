@@ -9,7 +9,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['parse_value', 'field_help', 'add_param_options', 'cmd_train', 'cmd_kfold', 'cmd_predict', 'cmd_score', 'cmd_audit',
-           'cmd_recipes', 'parser', 'main']
+           'cmd_video', 'cmd_export', 'cmd_recipes', 'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #552da708
 def parse_value(v: str):
@@ -88,6 +88,27 @@ def cmd_audit(a):
     if a.csv: res.issues.to_csv(a.csv, index=False); print(f"issues -> {a.csv}")
     return 1 if a.strict and not res.ok else 0
 
+def cmd_video(a):
+    from maskkit.inference import Predictor
+    from maskkit.video import annotate_video
+    if a.onnx: pred = Predictor.from_onnx(a.onnx, threads=a.threads)
+    elif a.run:
+        runs = [r for r in a.run.split(",") if r]
+        pred = Predictor.from_run(runs[0], root=a.runs) if len(runs) == 1 else Predictor.from_runs(runs, root=a.runs)
+        pred.threads = a.threads
+    else: raise ValueError("give --run RUN or --onnx MODEL.onnx")
+    src = int(a.input) if a.input.isdigit() else a.input
+    rep = annotate_video(src, pred, out=a.out, csv=a.csv, detect_every=a.detect_every, max_frames=a.max_frames,
+                         detect_size=a.detect_size)
+    print(json.dumps({"frames": rep.n_frames, "frames_per_s": round(rep.frames_per_s, 2), "people": rep.counts,
+                      "tracks": len(rep.tracks), "ended": rep.ended, "out": rep.out, "csv": rep.csv}))
+
+def cmd_export(a):
+    from maskkit.export import export_onnx
+    runs = [r for r in a.run.split(",") if r]
+    meta = export_onnx(runs if len(runs) > 1 else runs[0], a.out, root=a.runs)
+    print(json.dumps({"onnx": a.out, "parity_max_abs_diff": meta["parity"]["max_abs_diff"], "runs": meta["runs"]}))
+
 def cmd_recipes(a):
     from maskkit.recipes import RECIPES
     for n, r in RECIPES.items(): print(f"{n}: {json.dumps(r)}" if a.verbose else n)
@@ -96,7 +117,7 @@ def cmd_recipes(a):
 def parser() -> argparse.ArgumentParser:
     "The `maskkit` argument parser and its subcommands."
     ap = argparse.ArgumentParser(prog="maskkit", description="Mask, gender and age-band classification: train, predict, score.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,kfold,predict,score,audit,recipes}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,kfold,predict,score,audit,video,export,recipes}")
     runs_help = "runs folder (default: reports/runs, or $MASKKIT_REPORTS/runs)"
     t = sub.add_parser("train", help="train one run (maskkit.train_run)", description="Train one run; its record goes to <runs>/<run_name>/.")
     t.add_argument("--recipe", default=None, help="a preset of maskkit.recipes (the options given win over it)")
@@ -127,6 +148,21 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="check a data set (every fault in one pass)", description="Read every image of ROOT and report every problem.")
     a.add_argument("root"); a.add_argument("--csv", default=None, help="write the issues table here")
     a.add_argument("--strict", action="store_true", help="exit 1 when there are issues"); a.set_defaults(func=cmd_audit)
+    v = sub.add_parser("video", help="label the people of a video file or camera (tracks, annotated video, CSV)",
+                       description="Detect, track and classify every face of INPUT (a video file, or a camera index such as 0).")
+    v.add_argument("input", help="a video file, or a camera index")
+    v.add_argument("--run", default=None, help="a run (comma-separated runs: a soft-vote ensemble)")
+    v.add_argument("--onnx", default=None, help="an exported model (maskkit export) instead of --run")
+    v.add_argument("--out", default=None, help="the annotated video to write (.mp4)"); v.add_argument("--csv", default=None, help="the per-face CSV")
+    v.add_argument("--detect-every", type=int, default=1, help="detect faces every k-th frame, track in between [default: 1]")
+    v.add_argument("--detect-size", type=int, default=None, help="short side of the detection copy [default: the run's]")
+    v.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (a camera runs until Ctrl-C)")
+    v.add_argument("--threads", type=int, default=None, help="torch / onnxruntime threads")
+    v.add_argument("--runs", default=None, help=runs_help); v.set_defaults(func=cmd_video)
+    e = sub.add_parser("export", help="export a run (or an ensemble) to ONNX, checked against PyTorch",
+                       description="One ONNX graph: uint8 RGB crops in, 18 probabilities out; fails if onnxruntime and PyTorch differ by more than 1e-4.")
+    e.add_argument("run", help="a run (comma-separated runs: one graph averaging them)"); e.add_argument("--out", default="model.onnx")
+    e.add_argument("--runs", default=None, help=runs_help); e.set_defaults(func=cmd_export)
     r = sub.add_parser("recipes", help="list the presets"); r.add_argument("-v", "--verbose", action="store_true"); r.set_defaults(func=cmd_recipes)
     return ap
 

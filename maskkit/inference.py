@@ -144,6 +144,7 @@ class Predictor:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size, self.progress, self.threads, self.detector = int(batch_size), progress, threads, detector
         for m in self.members:
+            if getattr(m, "model", None) is None: continue   # an ONNX member (maskkit.export.OnnxMember)
             m.model.to(self.device)
             if m.config.get("channels_last"): m.model.to(memory_format=torch.channels_last)
         bounds = {m.bounds for m in self.members}
@@ -159,6 +160,12 @@ class Predictor:
     def from_runs(cls, runs, weights=None, root=None, **kw) -> "Predictor":
         "A soft-vote ensemble of runs (folds of a recipe, or several recipes), optionally weighted."
         return cls([Member.from_run(r, "cpu", root) for r in runs], weights=weights, **kw)
+
+    @classmethod
+    def from_onnx(cls, path, threads=None, **kw) -> "Predictor":
+        "An exported model (`maskkit.export.export_onnx`): onnxruntime classifies, MTCNN still finds the faces."
+        from maskkit.export import predictor_from_onnx
+        return predictor_from_onnx(path, threads=threads, **kw)
 
     def __repr__(self): return f"Predictor({[m.name for m in self.members]}, weights={self.weights.round(3).tolist()}, device={self.device})"
 
@@ -207,9 +214,14 @@ def _member_probs(self, m: Member, crops, tta) -> np.ndarray:
     from maskkit.models import probs18
     from maskkit.train import resolve_amp, _autocast
     from maskkit.faces import torch_threads
-    views = _views(m.config.get("tta") if tta == "run" else tta)
     ok = [i for i, c in enumerate(crops) if c is not None]
     out = np.full((len(crops), NUM_CLASSES), np.nan)
+    if hasattr(m, "session"):   # ONNX: the TTA it was exported with is inside the graph
+        for s in range(0, len(ok), self.batch_size):
+            idx = ok[s:s + self.batch_size]
+            out[idx] = m.probs([crops[i] for i in idx])
+        return out
+    views = _views(m.config.get("tta") if tta == "run" else tta)
     amp = resolve_amp(m.config.get("amp", "none"), self.device)
     with torch.inference_mode(), torch_threads(self.threads):
         for s in tqdm(range(0, len(ok), self.batch_size), desc=f"predict {m.name}", disable=not self.progress, leave=False):
