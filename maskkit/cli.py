@@ -60,8 +60,9 @@ def cmd_train(a):
 def cmd_kfold(a):
     from maskkit.experiment import run_kfold
     only = [int(k) for k in a.only.split(",")] if a.only else None
+    devices = [int(d) for d in a.devices.split(",")] if a.devices else None
     out = run_kfold(_params(a, skip=("fold", "n_splits")), folds=a.folds, only=only, prefix=a.prefix, root=a.runs,
-                    ensemble=not a.no_ensemble)
+                    ensemble=not a.no_ensemble, workers=a.workers, devices=devices)
     e = out["ensemble"]
     if e: print(json.dumps({"oof_macro_f1": e["oof"]["macro_f1"], "submission": e["submission"], "runs": e["runs"]}))
 
@@ -132,6 +133,8 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--recipe", default=None, help="a preset of maskkit.recipes (the options given win over it)")
     k.add_argument("--params", default=None, help="a TrainParams JSON file to start from")
     k.add_argument("--no-ensemble", action="store_true", help="skip the fold ensemble")
+    k.add_argument("--workers", type=int, default=1, help="CPU processes training folds at once (the cores shared) [default: 1]")
+    k.add_argument("--devices", default=None, help="CUDA devices, one fold process each, e.g. 0,1,2,3")
     k.add_argument("--runs", default=None, help=runs_help)
     add_param_options(k, skip=("fold", "n_splits")); k.set_defaults(func=cmd_kfold)
     p = sub.add_parser("predict", help="classify photos with a run (or an ensemble of runs)",

@@ -479,9 +479,44 @@ def train_run(params: TrainParams | dict | None = None, root=None, verbose=True,
         run.release()
 
 # %% ../nbs/03g_experiment.ipynb #b1d657a0
+_SLOT = {}
+
+def _take_slot(slots, threads):
+    "Pool initializer: this worker's device (CUDA index, or None on CPU) and torch threads."
+    _SLOT["device"] = slots.get()
+    if _SLOT["device"] is not None: os.environ["CUDA_VISIBLE_DEVICES"] = str(_SLOT["device"])
+    if threads: os.environ["OMP_NUM_THREADS"] = str(threads)
+
+def _fold_job(params: dict, root, verbose):
+    "One fold in a worker process; its run folder (the record is the run's own)."
+    p = TrainParams.from_dict(params)
+    run = train_run(p, root=root, verbose=verbose)
+    return str(run.path), _SLOT.get("device")
+
+def _parallel_folds(jobs, root, workers, devices, verbose):
+    "Train `jobs` (TrainParams of folds) in `workers` spawned processes (one per CUDA device with `devices`); their Runs, in order."
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    ctx = mp.get_context("spawn")
+    slots = ctx.Queue()
+    n = len(devices) if devices else int(workers)
+    for s in (devices or [None] * n): slots.put(s)
+    threads = None if devices else max(1, (os.cpu_count() or 1) // n)
+    jobs = [j if devices or j.num_threads else j.replace(num_threads=threads) for j in jobs]
+    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_take_slot, initargs=(slots, threads)) as ex:
+        futs = {ex.submit(_fold_job, j.to_dict(), None if root is None else str(root), verbose): j for j in jobs}
+        done = {}
+        for f in as_completed(futs):
+            path, dev = f.result()
+            run = Run.open(path); s = run.summary
+            done[futs[f].run_name] = run
+            if verbose: print(f"[fold {futs[f].fold} on {'cuda:' + str(dev) if dev is not None else 'a CPU worker'}] {run.name}: "
+                              + (f"valid macro-F1 {s['macro_f1']:.4f}, {s.get('minutes')} min" if "macro_f1" in s else "done"), flush=True)
+    return [done[j.run_name] for j in jobs]
+
 def run_kfold(params: TrainParams | dict | None = None, folds=5, only=None, prefix=None, root=None, ensemble=True,
-              verbose=True, **overrides) -> dict:
-    "Train `folds`-fold cross-validation of `params` (folds `only`, default all), then their ensemble; `{'runs', 'ensemble'}`."
+              verbose=True, workers=1, devices=None, **overrides) -> dict:
+    "Train `folds`-fold cross-validation of `params` (folds `only`, default all; `workers` processes or one per CUDA `devices`), then their ensemble."
     p = params if isinstance(params, TrainParams) else TrainParams.from_dict(dict(params or {}))
     if overrides: p = p.replace(**overrides)
     folds = int(folds)
@@ -490,6 +525,11 @@ def run_kfold(params: TrainParams | dict | None = None, folds=5, only=None, pref
     if any(not 0 <= k < folds for k in ks): raise ValueError(f"only={list(only)}: folds are 0..{folds - 1}")
     prefix = prefix or p.run_name or p.recipe or p.backbone
     runs = []
+    if (workers and int(workers) > 1) or devices:
+        jobs = [p.replace(fold=k, n_splits=folds, run_name=f"{prefix}_fold{k}") for k in ks]
+        if verbose: print(f"{len(jobs)} folds on {len(devices) if devices else workers} {'devices' if devices else 'CPU workers'}", flush=True)
+        runs = _parallel_folds(jobs, root, workers, [int(d) for d in devices] if devices else None, verbose)
+        ks = []
     for i, k in enumerate(ks):
         name = f"{prefix}_fold{k}"
         if verbose: print(f"[fold {k}: {i + 1}/{len(ks)}] {name}", flush=True)

@@ -34,7 +34,7 @@ def frame_faces(frame, face: dict, detector) -> tuple:
     "`(boxes (n, 4), probs (n,))` of every face of an RGB frame with prob >= face['face_min_prob'] (found on the shrunk copy)."
     from maskkit.faces import shrink
     small, _ = shrink(frame, face["detect_size"])
-    boxes, probs, _ = detector(small[None])[0]
+    boxes, probs, _ = detector(np.stack([small]))[0]   # a writable batch (PIL's copy is read-only)
     keep = probs >= face["face_min_prob"]
     sx, sy = frame.shape[1] / small.shape[1], frame.shape[0] / small.shape[0]   # as maskkit.faces maps them back
     return boxes[keep] * np.array([sx, sy, sx, sy], np.float32), probs[keep]

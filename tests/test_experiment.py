@@ -239,3 +239,15 @@ def test_cli_score_and_audit(env, tmp_path):
     assert r.returncode == 2 and "nope.csv" in r.stderr
     r = subprocess.run([sys.executable, "-m", "maskkit.cli", "audit", str(DEMO)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "images read" in r.stdout
+
+
+def test_kfold_with_two_workers_runs_the_folds_at_once(tmp_path, capsys):
+    from maskkit.experiment import run_kfold
+    p = TrainParams(**{**TINY, "limit": 12, "num_threads": None})
+    out = run_kfold(p, folds=2, prefix="kfw", root=tmp_path / "runs", workers=2)
+    assert [r.name for r in out["runs"]] == ["kfw_fold0", "kfw_fold1"] and all(r.finished for r in out["runs"])
+    printed = capsys.readouterr().out
+    assert "2 folds on 2 CPU workers" in printed and "on a CPU worker" in printed
+    e = out["ensemble"]
+    assert set(e) >= {"name", "runs", "oof", "n_oof", "per_fold", "submission"} and Path(e["submission"]).is_file()
+    assert all(r.config["num_threads"] == max(1, (os.cpu_count() or 1) // 2) for r in out["runs"])   # the cores shared
