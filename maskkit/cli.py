@@ -9,7 +9,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['parse_value', 'field_help', 'add_param_options', 'cmd_train', 'cmd_kfold', 'cmd_predict', 'cmd_score', 'cmd_audit',
-           'cmd_video', 'cmd_export', 'cmd_recipes', 'parser', 'main']
+           'cmd_video', 'cmd_export', 'cmd_sweep', 'cmd_recipes', 'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #552da708
 def parse_value(v: str):
@@ -110,6 +110,13 @@ def cmd_export(a):
     meta = export_onnx(runs if len(runs) > 1 else runs[0], a.out, root=a.runs)
     print(json.dumps({"onnx": a.out, "parity_max_abs_diff": meta["parity"]["max_abs_diff"], "runs": meta["runs"]}))
 
+def cmd_sweep(a):
+    from maskkit.sweep import run_sweep, study_dir
+    t = run_sweep(a.space, trials=a.trials, study=a.study, storage=a.storage, workers=a.workers, pruner=a.pruner, seed=a.seed, root=a.runs)
+    best = t[t.state == "COMPLETE"].sort_values("value", ascending=False).head(1)
+    print(json.dumps({"study": a.study, "trials": len(t), "complete": int((t.state == "COMPLETE").sum()), "pruned": int((t.state == "PRUNED").sum()),
+                      "best": best.to_dict("records")[0] if len(best) else None, "report": str(study_dir(a.study))}, default=str))
+
 def cmd_recipes(a):
     from maskkit.recipes import RECIPES
     for n, r in RECIPES.items(): print(f"{n}: {json.dumps(r)}" if a.verbose else n)
@@ -118,7 +125,7 @@ def cmd_recipes(a):
 def parser() -> argparse.ArgumentParser:
     "The `maskkit` argument parser and its subcommands."
     ap = argparse.ArgumentParser(prog="maskkit", description="Mask, gender and age-band classification: train, predict, score.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,kfold,predict,score,audit,video,export,recipes}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,kfold,predict,score,audit,video,export,sweep,recipes}")
     runs_help = "runs folder (default: reports/runs, or $MASKKIT_REPORTS/runs)"
     t = sub.add_parser("train", help="train one run (maskkit.train_run)", description="Train one run; its record goes to <runs>/<run_name>/.")
     t.add_argument("--recipe", default=None, help="a preset of maskkit.recipes (the options given win over it)")
@@ -166,6 +173,14 @@ def parser() -> argparse.ArgumentParser:
                        description="One ONNX graph: uint8 RGB crops in, 18 probabilities out; fails if onnxruntime and PyTorch differ by more than 1e-4.")
     e.add_argument("run", help="a run (comma-separated runs: one graph averaging them)"); e.add_argument("--out", default="model.onnx")
     e.add_argument("--runs", default=None, help=runs_help); e.set_defaults(func=cmd_export)
+    w = sub.add_parser("sweep", help="an Optuna search over TrainParams (objective: OOF macro-F1)",
+                       description="Trials of SPACE (YAML: fixed + params) as normal runs, per-epoch reports to a pruner, one shared study.")
+    w.add_argument("--space", required=True, help="the search space (YAML or JSON)")
+    w.add_argument("--trials", type=int, default=10); w.add_argument("--study", default="sweep", help="study name [default: sweep]")
+    w.add_argument("--storage", default=None, help="Optuna storage URL [default: sqlite:///reports/sweeps/<study>/study.db]")
+    w.add_argument("--workers", type=int, default=1, help="processes sharing the study on this machine [default: 1]")
+    w.add_argument("--pruner", default="median", help="median | halving | threshold:<lower>[:<warm-up>] | none [default: median]")
+    w.add_argument("--seed", type=int, default=0); w.add_argument("--runs", default=None, help=runs_help); w.set_defaults(func=cmd_sweep)
     r = sub.add_parser("recipes", help="list the presets"); r.add_argument("-v", "--verbose", action="store_true"); r.set_defaults(func=cmd_recipes)
     return ap
 

@@ -368,12 +368,13 @@ def train_config(p: TrainParams, progress=True):
                        grad_clip=p.grad_clip, channels_last=p.channels_last, patience=p.patience, seed=p.seed, resume=p.resume,
                        num_threads=p.num_threads, progress=progress)
 
-def fit_run(p: TrainParams, run: Run, model, loaders: Loaders, loss_fn, verbose=True) -> dict:
+def fit_run(p: TrainParams, run: Run, model, loaders: Loaders, loss_fn, verbose=True, on_epoch=None) -> dict:
     "`maskkit.train.fit` into `run`, then the optional SGD fine-tuning; the fit result (best model loaded)."
     from maskkit.train import fit, get_device
     cfg = train_config(p, verbose)
     loss_fn = loss_fn.to(get_device(cfg.device))
-    result = fit(model, loaders.train, loaders.valid, loss_fn, cfg, run.path, mix=loaders.mix, tta=loaders.tta, hparams=run.config)
+    result = fit(model, loaders.train, loaders.valid, loss_fn, cfg, run.path, mix=loaders.mix, tta=loaders.tta, hparams=run.config,
+                 on_epoch=on_epoch)
     if p.sgd_finetune_epochs:
         sgd = dataclasses.replace(cfg, optimizer="sgd", lr=p.sgd_lr or p.lr, epochs=int(p.sgd_finetune_epochs), scheduler="none", warmup_epochs=0)
         result["sgd_finetune"] = fit(model, loaders.train, loaders.valid, loss_fn, sgd, run.path / "sgd_finetune", mix=loaders.mix, tta=loaders.tta)
@@ -434,8 +435,8 @@ def pseudo_rows(p: TrainParams, fold: FoldData, verbose=True):
     return df
 
 # %% ../nbs/03g_experiment.ipynb #6f2f1100
-def train_run(params: TrainParams | dict | None = None, root=None, verbose=True, **overrides) -> Run:
-    "Train one run of `params` (a `TrainParams`, a dict, or keyword overrides of the defaults); its `Run` (under `root`)."
+def train_run(params: TrainParams | dict | None = None, root=None, verbose=True, on_epoch=None, **overrides) -> Run:
+    "Train one run of `params` (a `TrainParams`, a dict, or keyword overrides); its `Run` (under `root`). `on_epoch(epoch, row)` after each epoch."
     from maskkit.inference import Predictor, Member
     from maskkit.train import seed_everything
     t0 = time.perf_counter()
@@ -460,7 +461,7 @@ def train_run(params: TrainParams | dict | None = None, root=None, verbose=True,
         loaders = build_loaders(p, fold, model, pseudo, verbose)
         if verbose: print(fold, "|", loaders.cache)
         loss_fn = build_loss(p, fold.train if pseudo is None else pd.concat([fold.train, pseudo]))
-        result = fit_run(p, run, model, loaders, loss_fn, verbose)
+        result = fit_run(p, run, model, loaders, loss_fn, verbose, on_epoch)
         extra = {"best_epoch": result["best_epoch"], "epochs_run": len(result["history"]), "stopped_early": result["stopped_early"],
                  "minutes": round((time.perf_counter() - t0) / 60, 2), "run_name": name}
         summary = report_oof(p, run, model, loaders, fold, extra)
@@ -503,8 +504,9 @@ def _parallel_folds(jobs, root, workers, devices, verbose):
     for s in (devices or [None] * n): slots.put(s)
     threads = None if devices else max(1, (os.cpu_count() or 1) // n)
     jobs = [j if devices or j.num_threads else j.replace(num_threads=threads) for j in jobs]
-    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_take_slot, initargs=(slots, threads)) as ex:
-        futs = {ex.submit(_fold_job, j.to_dict(), None if root is None else str(root), verbose): j for j in jobs}
+    from maskkit import experiment as E   # the module's functions (spawned workers import them), also in a notebook
+    with ProcessPoolExecutor(n, mp_context=ctx, initializer=E._take_slot, initargs=(slots, threads)) as ex:
+        futs = {ex.submit(E._fold_job, j.to_dict(), None if root is None else str(root), verbose): j for j in jobs}
         done = {}
         for f in as_completed(futs):
             path, dev = f.result()

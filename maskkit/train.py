@@ -283,7 +283,7 @@ def _better(a, b, mode):
     return a < b if mode == "min" else a > b
 
 # %% ../nbs/03e_learner.ipynb #d67c3a25
-def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=None, load_best=True, hparams=None) -> dict:
+def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=None, load_best=True, hparams=None, on_epoch=None) -> dict:
     "Train for `cfg.epochs` with checkpoints, metrics.csv, TensorBoard, early stopping and resume; see above."
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
@@ -346,6 +346,7 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
                    "scaler": scaler.state_dict(), "state": st, "rng": _rng_state(gens), "config": asdict(cfg)}, last)
             log_epoch(run_dir, row)
+            if on_epoch is not None: on_epoch(epoch, row)   # e.g. a sweep's report to its pruner (which may stop the run)
             if writer is not None:
                 for k, v in row.items():
                     if k != "epoch" and v is not None and np.isfinite(v): writer.add_scalar(k.replace("_", "/", 1), v, (epoch + 1) * n_steps)

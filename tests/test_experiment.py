@@ -251,3 +251,19 @@ def test_kfold_with_two_workers_runs_the_folds_at_once(tmp_path, capsys):
     e = out["ensemble"]
     assert set(e) >= {"name", "runs", "oof", "n_oof", "per_fold", "submission"} and Path(e["submission"]).is_file()
     assert all(r.config["num_threads"] == max(1, (os.cpu_count() or 1) // 2) for r in out["runs"])   # the cores shared
+
+
+def test_sweep_space_is_checked_and_the_cli_runs_a_study(tmp_path):
+    pytest.importorskip("optuna")
+    from maskkit.sweep import load_space
+    with pytest.raises(ValueError, match="unknown TrainParams fields"): load_space({"params": {"lrr": {"type": "float", "low": 1, "high": 2}}})
+    with pytest.raises(ValueError, match="low < high"): load_space({"params": {"lr": {"type": "float", "low": 2, "high": 1}}})
+    space = tmp_path / "space.yaml"
+    space.write_text("fixed: {limit: 12, img_size: 64, batch_size: 16, num_threads: 1}\n"
+                     "params:\n  epochs: {type: categorical, choices: [1, 2]}\n  lr: {type: float, low: 3.0e-4, high: 3.0e-3, log: true}\n")
+    r = subprocess.run([sys.executable, "-m", "maskkit.cli", "sweep", "--space", str(space), "--trials", "3", "--study", "cli-sweep",
+                        "--pruner", "threshold:1.01:1", "--runs", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["trials"] == 3 and out["complete"] + out["pruned"] == 3
+    assert (Path(os.environ["MASKKIT_REPORTS"]) / "sweeps" / "cli-sweep" / "trials.csv").is_file()
