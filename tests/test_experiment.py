@@ -1,5 +1,5 @@
 "train_run, TrainParams, Predictor and the CLI end to end on the demo set: the library's whole job, and its errors up front."
-import json, os, shutil, signal, subprocess, sys, textwrap, time
+import json, os, re, shutil, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from PIL import Image
@@ -201,6 +201,7 @@ def test_kfold_means_k_folds_and_never_reuses_other_params(tmp_path, capsys):
     assert Path(e["submission"]).parent == Path(os.environ["MASKKIT_REPORTS"]) / "kfold" / "kf"
     printed = capsys.readouterr().out
     assert "[fold 0: 1/2]" in printed and "valid macro-F1" in printed and "OOF macro-F1" in printed
+    assert re.search(r"^epoch 1/1: train_loss=.* img/s; elapsed [0-9.]+ min, ETA [0-9.]+ min\)$", printed, re.M)   # a line per epoch
     run_kfold(p, folds=2, prefix="kf", root=tmp_path / "runs")
     assert "finished before" in capsys.readouterr().out
     with pytest.raises(RunMismatch, match="lr"): run_kfold(p.replace(lr=0.01), folds=2, prefix="kf", root=tmp_path / "runs")
