@@ -54,8 +54,9 @@ def _params(a, skip=()):
 # %% ../nbs/09_cli.ipynb #9c2e8978
 def cmd_train(a):
     from maskkit.experiment import train_run
+    from maskkit.train import rank
     run = train_run(_params(a), root=a.runs)
-    print(json.dumps({"run": str(run.path), **{k: v for k, v in run.summary.items() if k in ("macro_f1", "accuracy", "minutes")}}))
+    if rank() == 0: print(json.dumps({"run": str(run.path), **{k: v for k, v in run.summary.items() if k in ("macro_f1", "accuracy", "minutes")}}))
 
 def cmd_kfold(a):
     from maskkit.experiment import run_kfold

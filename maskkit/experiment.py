@@ -201,7 +201,7 @@ def _from_json(cls, src) -> TrainParams:
     d = json.loads(text)
     return cls.from_dict({k: v for k, v in d.items() if k in _names(cls) or not k.startswith("_") and k not in RUN_KEYS})
 
-RUN_KEYS = ("data_fingerprint",)   # what train_run adds to config.json beside the parameters
+RUN_KEYS = ("data_fingerprint", "world_size")   # what train_run adds to config.json beside the parameters
 
 def _from_recipe(cls, name, **overrides) -> TrainParams:
     "A preset of `maskkit.recipes.RECIPES` with `overrides` on top (they always win)."
@@ -328,8 +328,8 @@ def build_loaders(p: TrainParams, fold: FoldData, model, pseudo=None, verbose=Tr
     "Images decoded once into memory at training size (the full crop when an augment crops), transforms, loaders, mix."
     from maskkit.models import model_data_config
     from maskkit.augment import build_transforms, make_mix, CROP_OPS, parse_augment
-    from maskkit.datasets import preload, MaskDataset, make_loader, class_sampler
-    from maskkit.train import hflip
+    from maskkit.datasets import preload, MaskDataset, make_loader, class_sampler, DistributedWeightedSampler
+    from maskkit.train import hflip, is_distributed, rank, world_size
     hw, d = as_hw(p.img_size), model_data_config(model)
     cache_hw = hw
     if any(n in CROP_OPS for n, _ in parse_augment(p.augment)): cache_hw = data.load_image(fold.df[fold.image_col].iloc[0]).shape[:2]
@@ -338,9 +338,13 @@ def build_loaders(p: TrainParams, fold: FoldData, model, pseudo=None, verbose=Tr
     train_df = fold.train if pseudo is None else pd.concat([fold.train, pseudo], ignore_index=True)
     cache = preload(pd.concat([fold.df, pseudo], ignore_index=True) if pseudo is not None else fold.df, fold.image_col, size=cache_hw, progress=verbose)
     ds = MaskDataset(train_df, train_tf, fold.image_col, cache)
-    smp = class_sampler(train_df.label, power=p.sampler_power, seed=p.seed) if p.sampler == "weighted" else None
+    if is_distributed():   # each process its own share of every epoch
+        from torch.utils.data import DistributedSampler
+        smp = (DistributedWeightedSampler(train_df.label, rank(), world_size(), p.sampler_power, seed=p.seed) if p.sampler == "weighted"
+               else DistributedSampler(ds, num_replicas=world_size(), rank=rank(), shuffle=True, seed=p.seed, drop_last=True))  # disjoint shares
+    else: smp = class_sampler(train_df.label, power=p.sampler_power, seed=p.seed) if p.sampler == "weighted" else None
     train_dl = make_loader(ds, p.batch_size, shuffle=smp is None, sampler=smp, num_workers=p.num_workers, seed=p.seed,
-                           drop_last=len(ds) > p.batch_size)
+                           drop_last=len(smp if smp is not None else ds) > p.batch_size)
     valid_dl = None if fold.valid is None else make_loader(MaskDataset(fold.valid, eval_tf, fold.image_col, cache), p.batch_size * 2,
                                                            num_workers=p.num_workers)
     mix = make_mix(p.mix, p=p.mix_p, lower=p.mix_lower, upper=p.mix_upper, seed=p.seed)
@@ -397,7 +401,7 @@ def finetune_on_valid(p: TrainParams, run: Run, model, loaders: Loaders, fold: F
     dl = make_loader(MaskDataset(fold.valid, loaders.train_tf, fold.image_col, loaders.cache), p.batch_size, shuffle=True,
                      num_workers=p.num_workers, seed=p.seed, drop_last=len(fold.valid) > p.batch_size)
     cfg = dataclasses.replace(train_config(p, verbose), epochs=int(p.finetune_on_valid_epochs), scheduler="none", warmup_epochs=0, patience=None)
-    return fit(model, dl, None, loss_fn, cfg, run.path / "finetune_valid", mix=loaders.mix)
+    return fit(model, dl, None, loss_fn, cfg, run.path / "finetune_valid", mix=loaders.mix, distributed=False)   # rank 0 alone under DDP
 
 # %% ../nbs/03g_experiment.ipynb #3fbed0d6
 def predict_test(p: TrainParams, run: Run, predictor, eval_df, prepared, verbose=True):
@@ -438,30 +442,39 @@ def pseudo_rows(p: TrainParams, fold: FoldData, verbose=True):
 def train_run(params: TrainParams | dict | None = None, root=None, verbose=True, on_epoch=None, **overrides) -> Run:
     "Train one run of `params` (a `TrainParams`, a dict, or keyword overrides); its `Run` (under `root`). `on_epoch(epoch, row)` after each epoch."
     from maskkit.inference import Predictor, Member
-    from maskkit.train import seed_everything
+    from maskkit.train import seed_everything, init_distributed, rank, barrier, broadcast, world_size
     t0 = time.perf_counter()
     p = params if isinstance(params, TrainParams) else TrainParams.from_dict(dict(params or {}))
     if overrides: p = p.replace(**overrides)
+    ddp = init_distributed()                                                # under torchrun: one process per device
+    main = rank() == 0
+    verbose = verbose and main
     if p.num_threads: torch.set_num_threads(int(p.num_threads))
     seed_everything(p.seed)
     fold = load_fold(p, verbose)                                            # layout, folds, every image decoded
-    name = p.run_name or f"{p.backbone}_fold{p.fold}_{time.strftime('%Y%m%d-%H%M%S')}"
+    name = broadcast(p.run_name or f"{p.backbone}_fold{p.fold}_{time.strftime('%Y%m%d-%H%M%S')}")
     config = {**p.to_dict(), "data_root": str(fold.root), "run_name": name, "data_fingerprint": fold.fingerprint}
-    run = Run.create(name, config, root=root, resume=p.resume)              # locked; a differing earlier run refused
+    if ddp: config["world_size"] = world_size()
+    run = Run.create(name, config, root=root, resume=p.resume) if main else None   # locked; a differing earlier run refused
+    barrier()
+    if not main: run = Run(runs_root(root) / name)                          # the other ranks only read
     try:
-        if run.finished:
+        if broadcast(run.finished if main else None):
             if verbose: print(f"run {name}: finished before with the same config ({run.path}); nothing to do")
             return run
-        if verbose: print(f"run {name} -> {run.path}")
+        if verbose: print(f"run {name} -> {run.path}" + (f" ({world_size()} processes)" if ddp else ""))
         model = build_model(p)
         predictor = Predictor(Member(model, config, name), progress=False, threads=p.num_threads)
-        eval_df, prepared = eval_inputs(fold.root, predictor, verbose)       # the eval set, read and cropped up front
-        fold = add_crops(fold, p, verbose)
+        eval_df, prepared = eval_inputs(fold.root, predictor, verbose) if main else (None, None)   # the eval set, read and cropped up front
+        if main: fold = add_crops(fold, p, verbose)                          # rank 0 builds the crop cache, then the others read it
+        barrier()
+        if not main: fold = add_crops(fold, p, False)
         pseudo = pseudo_rows(p, fold, verbose)
         loaders = build_loaders(p, fold, model, pseudo, verbose)
         if verbose: print(fold, "|", loaders.cache)
         loss_fn = build_loss(p, fold.train if pseudo is None else pd.concat([fold.train, pseudo]))
         result = fit_run(p, run, model, loaders, loss_fn, verbose, on_epoch)
+        if not main: barrier(); return run                                  # rank 0 reports, predicts and writes alone
         extra = {"best_epoch": result["best_epoch"], "epochs_run": len(result["history"]), "stopped_early": result["stopped_early"],
                  "minutes": round((time.perf_counter() - t0) / 60, 2), "run_name": name}
         summary = report_oof(p, run, model, loaders, fold, extra)
@@ -475,9 +488,10 @@ def train_run(params: TrainParams | dict | None = None, root=None, verbose=True,
         torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, run.path / "model.pt.tmp")
         os.replace(run.path / "model.pt.tmp", run.path / "model.pt")         # last: the run is finished
         if verbose: print(f"run {name}: {summary['minutes']} minutes" + (f", valid macro-F1 {summary['macro_f1']:.4f}" if "macro_f1" in summary else ""))
+        if ddp: barrier()
         return run
     finally:
-        run.release()
+        if main: run.release()
 
 # %% ../nbs/03g_experiment.ipynb #b1d657a0
 _SLOT = {}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03e_learner.ipynb #9f3f6632
 from __future__ import annotations
-import contextlib, math, os, random, shutil, time, warnings
+import contextlib, dataclasses, math, os, random, shutil, time, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
@@ -14,7 +14,8 @@ from .labels import NUM_CLASSES
 from .runs import log_epoch, write_json
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'TrainConfig', 'seed_everything', 'get_device', 'make_optimizer', 'make_scheduler',
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'AMPS', 'TrainConfig', 'seed_everything', 'get_device', 'init_distributed',
+           'is_distributed', 'rank', 'world_size', 'barrier', 'broadcast', 'make_optimizer', 'make_scheduler',
            'resolve_amp', 'train_one_epoch', 'hflip', 'predict', 'evaluate', 'fit']
 
 # %% ../nbs/03e_learner.ipynb #cf867836
@@ -72,9 +73,43 @@ def seed_everything(seed: int = 42, deterministic: bool = True):
         torch.backends.cudnn.benchmark = False
 
 def get_device(device="auto") -> torch.device:
-    "`auto` -> cuda if available, else cpu."
-    if device in (None, "auto"): return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    "`auto` -> cuda if available (this process's GPU under torchrun), else cpu."
+    if device in (None, "auto"):
+        if not torch.cuda.is_available(): return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if is_distributed() else torch.device("cuda")
     return torch.device(device)
+
+def init_distributed() -> bool:
+    "Join the process group torchrun set up (NCCL on GPUs, gloo on CPU); False when this is a single process."
+    import torch.distributed as dist
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1: return False
+    if not dist.is_initialized():
+        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+def is_distributed() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+def rank() -> int:
+    import torch.distributed as dist
+    return dist.get_rank() if is_distributed() else 0
+
+def world_size() -> int:
+    import torch.distributed as dist
+    return dist.get_world_size() if is_distributed() else 1
+
+def barrier():
+    import torch.distributed as dist
+    if is_distributed(): dist.barrier()
+
+def broadcast(obj):
+    "`obj` as rank 0 has it, on every rank."
+    import torch.distributed as dist
+    if not is_distributed(): return obj
+    box = [obj]; dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 # %% ../nbs/03e_learner.ipynb #9719b272
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -152,7 +187,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler=None, cfg: Trai
     n, accum = len(loader), cfg.accum_steps
     if n == 0: raise ValueError("train loader is empty")
     optimizer.zero_grad(set_to_none=True)
-    tot, seen, preds, labels = 0.0, 0, [], []
+    tot, seen, preds, labels, idx_seen = 0.0, 0, [], [], []
     t0 = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not cfg.progress, mininterval=10)  # a log gets a line per 10 s
     for i, batch in enumerate(bar):
@@ -176,11 +211,13 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler=None, cfg: Trai
         bs = len(label); tot += loss.item() * bs; seen += bs
         if writer is not None: writer.add_scalar("train/step_loss", loss.item(), epoch * n + i)   # the batch's loss, per step
         preds.append(probs18(out).argmax(1).cpu()); labels.append(label.cpu())
+        if "index" in batch: idx_seen.append(batch["index"].cpu())
         bar.set_postfix(loss=f"{tot / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.1f}")
     secs = time.perf_counter() - t0
     s = score(torch.cat(labels).numpy(), torch.cat(preds).numpy())
     return {"loss": tot / seen, "macro_f1": s["macro_f1"], "accuracy": s["accuracy"], "images_per_s": seen / secs,
-            "seconds": secs, "lr": optimizer.param_groups[0]["lr"]}
+            "seconds": secs, "lr": optimizer.param_groups[0]["lr"], "seen": seen, "loss_sum": tot,
+            "indices": torch.cat(idx_seen).numpy() if idx_seen else np.zeros(0, int)}
 
 # %% ../nbs/03e_learner.ipynb #c8742ea0
 def _infer(model, loader, loss_fn=None, tta=None, amp="none", progress=True, desc="predict"):
@@ -277,21 +314,43 @@ def _log_hparams(writer, hparams: dict, metrics: dict):
     flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in hparams.items() if v is not None}
     writer.add_hparams(flat, {k: float(v) for k, v in metrics.items() if v is not None}, run_name=".")
 
+def _backend():
+    import torch.distributed as dist
+    return dist.get_backend() if is_distributed() else None
+
+def _reduce_epoch(tr: dict, epoch: int, shards: list) -> dict:
+    "An epoch's train figures over every rank (loss weighted by images; speed summed); rank 0 records which images each saw."
+    import torch.distributed as dist
+    got = [None] * world_size()
+    dist.all_gather_object(got, {"loss_sum": tr["loss_sum"], "seen": tr["seen"], "ips": tr["images_per_s"], "idx": tr["indices"].tolist()})
+    seen = sum(g["seen"] for g in got)
+    sets = [set(g["idx"]) for g in got]
+    if rank() == 0:
+        shards.append({"epoch": epoch, "per_rank": [len(g["idx"]) for g in got], "distinct_per_rank": [len(s) for s in sets],
+                       "overlap": sum(len(a & b) for i, a in enumerate(sets) for b in sets[i + 1:]), "union": len(set().union(*sets)),
+                       "indices": [sorted(s) for s in sets]})
+    return {**tr, "loss": sum(g["loss_sum"] for g in got) / max(seen, 1), "images_per_s": sum(g["ips"] for g in got), "seen": seen}
+
 def _better(a, b, mode):
     if b is None: return True
     if a is None or (isinstance(a, float) and math.isnan(a)): return False
     return a < b if mode == "min" else a > b
 
 # %% ../nbs/03e_learner.ipynb #d67c3a25
-def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=None, load_best=True, hparams=None, on_epoch=None) -> dict:
+def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=None, load_best=True, hparams=None, on_epoch=None,
+        distributed=None) -> dict:
     "Train for `cfg.epochs` with checkpoints, metrics.csv, TensorBoard, early stopping and resume; see above."
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    ddp = is_distributed() if distributed is None else bool(distributed)
+    main = rank() == 0 or not ddp       # under DDP only rank 0 validates and writes
+    run_dir = Path(run_dir)
+    if main: run_dir.mkdir(parents=True, exist_ok=True)
     device = get_device(cfg.device); _check_amp(cfg.amp, device)
     if cfg.num_threads: torch.set_num_threads(int(cfg.num_threads))
     seed_everything(cfg.seed)
     model.to(device)
     if cfg.channels_last: model.to(memory_format=torch.channels_last)
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, math.ceil(len(train_loader) / cfg.accum_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
@@ -311,23 +370,33 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
         scaler.load_state_dict(ck["scaler"])
         st = ck["state"]
         _set_rng_state(ck["rng"], gens)
-        pd.DataFrame(st["history"]).to_csv(run_dir / "metrics.csv", index=False)  # drop rows of an unfinished epoch
-        print(f"resumed {run_dir.name} after epoch {st['epoch']} (best {cfg.monitor} {st['best']} at epoch {st['best_epoch']})")
-    else:
+        if main:
+            pd.DataFrame(st["history"]).to_csv(run_dir / "metrics.csv", index=False)  # drop rows of an unfinished epoch
+            print(f"resumed {run_dir.name} after epoch {st['epoch']} (best {cfg.monitor} {st['best']} at epoch {st['best_epoch']})")
+    elif main:
         for f in ("metrics.csv", "last.pt", "best.pt"): (run_dir / f).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "tb", ignore_errors=True)
-    write_json(run_dir / "train_config.json", cfg)
+    if ddp: barrier()                   # every rank has read last.pt before rank 0 writes it again
+    if main: write_json(run_dir / "train_config.json", cfg)
     start = st["epoch"] + 1
     n_steps = len(train_loader)   # TensorBoard's step is the batch: epoch e ends at step (e + 1) * n_steps
-    writer = _tb_writer(run_dir, purge_step=start * n_steps if start else None) if start < cfg.epochs and not st["stopped"] else None
+    writer = (_tb_writer(run_dir, purge_step=start * n_steps if start else None)
+              if main and start < cfg.epochs and not st["stopped"] else None)
+    shards = []                         # under DDP: per epoch, how many images each rank saw and whether they overlap
     try:
         t_fit = time.perf_counter()
         for epoch in range(start, cfg.epochs):
             if st["stopped"]: break
             t0 = time.perf_counter()
-            tr = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, cfg, mix, scaler, epoch, writer)
+            if hasattr(train_loader.sampler, "set_epoch"): train_loader.sampler.set_epoch(epoch)   # a new shuffle per epoch
+            tr = train_one_epoch(net, train_loader, loss_fn, optimizer, scheduler, cfg if main else dataclasses.replace(cfg, progress=False),
+                                 mix, scaler, epoch, writer)
+            if ddp: tr = _reduce_epoch(tr, epoch, shards)
             row = {"epoch": epoch, **{f"train_{k}": tr[k] for k in ("loss", "macro_f1", "accuracy")},
                    "lr": tr["lr"], "images_per_s": tr["images_per_s"]}
+            if not main:                # the other ranks follow rank 0's decision to stop
+                st["epoch"] = epoch; st["history"].append(row)
+                st["stopped"] = broadcast(None); continue
             if valid_loader is not None:
                 va = evaluate(model, valid_loader, loss_fn, tta, cfg.amp, cfg.progress)
                 row.update({f"valid_{k}": v for k, v in va.items()})
@@ -357,10 +426,14 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
             if cfg.progress: print(f"epoch {epoch + 1}/{cfg.epochs}: {msg} ({row['seconds']:.0f}s, {row['images_per_s']:.0f} img/s; "
                   f"elapsed {spent / 60:.1f} min, ETA {eta / 60:.1f} min)", flush=True)
             if st["stopped"]: print(f"early stop: no {cfg.monitor} gain for {cfg.patience} epochs (best epoch {st['best_epoch']})")
+            if ddp: broadcast(st["stopped"])
     finally:
         if writer is not None:
             if hparams: _log_hparams(writer, hparams, {f"hparam/best_{cfg.monitor}": st["best"], "hparam/epochs_run": len(st["history"])})
             writer.close()
+    if ddp:
+        barrier()
+        if main and shards: write_json(run_dir / "ddp.json", {"world_size": world_size(), "backend": _backend(), "epochs": shards})
     if load_best and best_path.exists():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
     return {"history": pd.DataFrame(st["history"]), "best_epoch": st["best_epoch"], "best": st["best"],
