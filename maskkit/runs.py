@@ -162,10 +162,12 @@ def config_diff(old: dict, new: dict, ignore=IDENTITY_IGNORE) -> dict:
             if k not in ignore and old.get(k, "<absent>") != new.get(k, "<absent>")}
 
 def _pid_alive(pid: int) -> bool:
+    "Whether process `pid` runs (a zombie, killed but not yet reaped, does not)."
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except PermissionError: return True
-    return True
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError): return True
 
 def _check_name(name) -> str:
     name = str(name)
@@ -256,7 +258,7 @@ class Run:
     @property
     def summary(self) -> dict: return read_json(self.path / "summary.json")
     @property
-    def finished(self) -> bool: return (self.path / "summary.json").is_file()
+    def finished(self) -> bool: return (self.path / "model.pt").is_file() and (self.path / "summary.json").is_file()   # model.pt comes last
     def metrics(self) -> pd.DataFrame: return read_metrics(self.path)
     def write_json(self, name, obj) -> Path: return write_json(self.path / name, obj)
     def predictions(self, kind="oof") -> pd.DataFrame: return read_preds(self.path / f"{kind}.csv", kind)

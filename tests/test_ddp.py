@@ -44,3 +44,36 @@ def train_run_valid_paths(run):
     "The validation images of a run's fold, from its config."
     from maskkit.experiment import load_fold
     return load_fold(TrainParams.from_json(run.path / "config.json"), verbose=False).valid.path
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+def test_a_killed_ddp_run_resumes(tmp_path):
+    "Kill torchrun once rank 0 wrote last.pt; the same command resumes (the dead owner's lock taken over) and finishes."
+    import signal, time
+    ensure_demo_dataset(project_root() / "data" / "demo", verbose=False)
+    runs = tmp_path / "runs"
+    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29518", "-m", "maskkit", "train", "--run-name", "ddpk", "--runs", str(runs)]
+    for k, v in {**ARGS, "epochs": 4}.items(): cmd += [f"--{k.replace('_', '-')}", json.dumps(v)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True)
+    last, t0 = runs / "ddpk" / "last.pt", time.time()
+    while not last.exists() and time.time() - t0 < 300 and p.poll() is None: time.sleep(0.2)
+    kids = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _ppid(int(d.name)) == p.pid]
+    for pid in [*kids, p.pid]:                              # the ranks (torchrun starts them apart) and torchrun itself
+        try: os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError: pass
+    p.wait()
+    from maskkit.runs import _pid_alive
+    owner = json.loads((runs / "ddpk" / "run.lock").read_text())["pid"]
+    t0 = time.time()
+    while _pid_alive(owner) and time.time() - t0 < 30: time.sleep(0.2)   # the killed ranks are gone (reaped) before the rerun
+    assert last.exists() and not (runs / "ddpk" / "model.pt").exists() and len(pd.read_csv(runs / "ddpk" / "metrics.csv")) < 4
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed ddpk after epoch" in r.stdout
+    run = Run.open("ddpk", runs)
+    assert run.finished and run.metrics().epoch.tolist() == [0, 1, 2, 3]
+
+
+def _ppid(pid):
+    try: return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError): return None
