@@ -67,12 +67,15 @@ def cmd_kfold(a):
     e = out["ensemble"]
     if e: print(json.dumps({"oof_macro_f1": e["oof"]["macro_f1"], "submission": e["submission"], "runs": e["runs"]}))
 
-def cmd_predict(a):
+def _run_predictor(a, **kw):
+    "The Predictor of `--run` (comma-separated runs: their soft vote)."
     from maskkit.inference import Predictor
-    import pandas as pd
     runs = [r for r in a.run.split(",") if r]
-    pred = (Predictor.from_run(runs[0], root=a.runs) if len(runs) == 1 else Predictor.from_runs(runs, root=a.runs))
-    pred.batch_size, pred.threads = a.batch_size, a.threads
+    return Predictor.from_run(runs[0], root=a.runs, **kw) if len(runs) == 1 else Predictor.from_runs(runs, root=a.runs, **kw)
+
+def cmd_predict(a):
+    import pandas as pd
+    pred = _run_predictor(a, batch_size=a.batch_size, threads=a.threads)
     frames = [pred.predict(p if Path(p).is_dir() else [p], tta=a.tta, errors=a.errors) for p in a.photos]
     out = pd.concat(frames, ignore_index=True)
     out.to_csv(a.out, index=False)
@@ -94,10 +97,7 @@ def cmd_video(a):
     from maskkit.inference import Predictor
     from maskkit.video import annotate_video
     if a.onnx: pred = Predictor.from_onnx(a.onnx, threads=a.threads)
-    elif a.run:
-        runs = [r for r in a.run.split(",") if r]
-        pred = Predictor.from_run(runs[0], root=a.runs) if len(runs) == 1 else Predictor.from_runs(runs, root=a.runs)
-        pred.threads = a.threads
+    elif a.run: pred = _run_predictor(a, threads=a.threads)
     else: raise ValueError("give --run RUN or --onnx MODEL.onnx")
     src = int(a.input) if a.input.isdigit() else a.input
     rep = annotate_video(src, pred, out=a.out, csv=a.csv, detect_every=a.detect_every, max_frames=a.max_frames,

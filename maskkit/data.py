@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['MASK_STEMS', 'GENDER_IDS', 'IMAGE_EXTS', 'OS_FILES', 'AGE_RANGE', 'MIN_IMAGE_SIDE', 'TRAIN_COLUMNS',
-           'OVERRIDE_COLUMNS', 'NOTICES', 'ISSUE_COLUMNS', 'is_os_file', 'boundary_ages', 'DataError', 'load_image',
-           'project_root', 'default_data_root', 'split_dir', 'reports_dir', 'test_sandbox', 'read_train_csv',
-           'person_files', 'read_overrides', 'apply_overrides', 'load_train', 'load_eval', 'person_folds',
-           'image_folds', 'Audit', 'audit']
+           'OVERRIDE_COLUMNS', 'NOTICES', 'ISSUE_COLUMNS', 'is_os_file', 'boundary_ages', 'DataError', 'all_errors',
+           'load_image', 'project_root', 'default_data_root', 'split_dir', 'reports_dir', 'test_sandbox',
+           'read_train_csv', 'person_files', 'read_overrides', 'apply_overrides', 'load_train', 'load_eval',
+           'person_folds', 'image_folds', 'Audit', 'audit']
 
 # %% ../nbs/00_data.ipynb #7843c1e9
 import hashlib, os, re
@@ -44,6 +44,13 @@ class DataError(ValueError):
     def __init__(self, path, problem):
         self.path, self.problem = str(path), problem
         super().__init__(f"{path}: {problem}")
+
+def all_errors(errors, shown=5) -> DataError:
+    "One `DataError` for several: the file and problem of each (the first `shown`, then how many more)."
+    errors = list(errors)
+    if len(errors) == 1: return errors[0]
+    more = f" (+{len(errors) - shown} more)" if len(errors) > shown else ""
+    return DataError(f"{len(errors)} images", "; ".join(f"{e.path}: {e.problem}" for e in errors[:shown]) + more)
 
 # %% ../nbs/00_data.ipynb #5986cbf5
 def _to_rgb(img: Image.Image) -> np.ndarray:

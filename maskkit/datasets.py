@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 import maskkit  # torchvision ops hook
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from .data import DataError, load_image
+from .data import DataError, all_errors, load_image
 from .labels import NUM_CLASSES, as_hw, pil_size
 
 # %% ../nbs/03a_datasets.ipynb #68a5c1b5
@@ -115,8 +115,7 @@ class ImageCache:
                       disable=not progress, leave=False))
         if errors:
             if self.cache_dir is not None: del arr; os.remove(tmp)
-            msg = "; ".join(e.problem if len(errors) == 1 else f"{e.path}: {e.problem}" for e in errors[:5])
-            raise DataError(errors[0].path if len(errors) == 1 else f"{len(errors)} images", msg + (" ..." if len(errors) > 5 else ""))
+            raise all_errors(errors)
         if self.cache_dir is not None:
             arr.flush(); del arr
             os.replace(tmp, self.file)

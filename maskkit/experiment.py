@@ -17,9 +17,9 @@ from .runs import Run, runs_root, read_preds, to_jsonable, write_json
 
 # %% auto #0
 __all__ = ['RUN_KEYS', 'TrainParams', 'resolve_data_root', 'data_fingerprint', 'check_images', 'FoldData', 'load_fold',
-           'face_settings', 'add_crops', 'eval_inputs', 'Loaders', 'build_model', 'build_loaders', 'build_loss',
-           'train_config', 'fit_run', 'report_oof', 'finetune_on_valid', 'predict_test', 'pseudo_rows', 'train_run',
-           'run_kfold']
+           'face_settings', 'crop_rows', 'add_crops', 'eval_inputs', 'Loaders', 'build_model', 'build_loaders',
+           'build_loss', 'train_config', 'fit_run', 'report_oof', 'finetune_on_valid', 'predict_test', 'pseudo_rows',
+           'train_run', 'run_kfold']
 
 # %% ../nbs/03g_experiment.ipynb #9ae6ddce
 @dataclass
@@ -245,9 +245,7 @@ def check_images(paths, num_workers=8, progress=False):
     paths = list(dict.fromkeys(str(p) for p in paths))
     with ThreadPoolExecutor(num_workers) as ex:
         errs = [e for e in tqdm(ex.map(bad, paths), total=len(paths), desc="check images", disable=not progress, mininterval=10) if e]
-    if errs:
-        msg = "; ".join(f"{e.path}: {e.problem}" for e in errs[:5]) + (f" (+{len(errs) - 5} more)" if len(errs) > 5 else "")
-        raise DataError(errs[0].path if len(errs) == 1 else f"{len(errs)} images", msg if len(errs) > 1 else errs[0].problem)
+    if errs: raise data.all_errors(errs)
 
 @dataclass
 class FoldData:
@@ -286,13 +284,19 @@ def face_settings(p: TrainParams) -> dict:
     return dict(size=as_hw(p.crop_size), margin=p.crop_margin, min_prob=p.face_min_prob, fallback_size=p.fallback_size,
                 detect_size=p.detect_size, min_face_size=p.min_face_size)
 
+def crop_rows(df, p: TrainParams, progress=True):
+    "`df` with `crop_path` and `face_method` from the crop cache, made with `p`'s settings."
+    from maskkit.faces import with_crops
+    kw = face_settings(p); size = kw.pop("size")
+    return with_crops(df, size=size, progress=progress, **kw)
+
 def add_crops(fold: FoldData, p: TrainParams, verbose=True) -> FoldData:
     "`fold` with `crop_path` on its rows (and `image_col='crop_path'`) when `p.use_crops`."
     if not p.use_crops: return fold
-    from maskkit.faces import with_crops
-    kw = face_settings(p); size = kw.pop("size")
-    crop = lambda d: None if d is None else with_crops(d, size=size, progress=verbose, **kw)
-    out = dataclasses.replace(fold, df=crop(fold.df), train=crop(fold.train), valid=crop(fold.valid), image_col="crop_path")
+    df = crop_rows(fold.df, p, verbose)                # every row of the fold once; train and valid take theirs from it
+    look = df.drop_duplicates("path").set_index("path")[["crop_path", "face_method"]]
+    crop = lambda d: None if d is None else d.join(look, on="path")
+    out = dataclasses.replace(fold, df=df, train=crop(fold.train), valid=crop(fold.valid), image_col="crop_path")
     if verbose: print("face crops:", out.df.face_method.value_counts().to_dict())
     return out
 
@@ -431,10 +435,7 @@ def pseudo_rows(p: TrainParams, fold: FoldData, verbose=True):
     df = pseudo_labels(read_preds(prev, "test"), threshold=p.pseudo_threshold)
     m, g, a = decode_label(df.label.to_numpy())
     df = df.assign(person_id="pseudo:" + df.ImageID.astype(str), age=np.nan, mask=m, gender_id=g, age_bin=a, fold=-1)
-    if fold.image_col == "crop_path":
-        from maskkit.faces import with_crops
-        kw = face_settings(p); size = kw.pop("size")
-        df = with_crops(df, size=size, progress=False, **kw)
+    if fold.image_col == "crop_path": df = crop_rows(df, p, progress=False)
     if verbose: print(f"pseudo-labels from {prev.name}: {len(df)} test images with confidence >= {p.pseudo_threshold}")
     return df
 

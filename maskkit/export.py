@@ -81,9 +81,9 @@ def export_onnx(runs, path, images=None, weights=None, atol=1e-4, opset=17, root
     if not err <= atol:
         path.unlink(missing_ok=True)
         raise ValueError(f"{path}: ONNX and PyTorch differ by {err:.2e} > {atol:.0e} on {len(crops)} real crops: export refused")
-    meta = {"members": [{k: m.config.get(k) for k in ("backbone", "head", "img_size", "tta", "age_bounds", "use_crops", "crop_size",
-                                                      "crop_margin", "face_min_prob", "fallback_size", "detect_size", "min_face_size",
-                                                      "augment", "run_name")} for m in members],
+    from maskkit.inference import FACE_KEYS
+    keys = ("backbone", "head", "img_size", "tta", "age_bounds", "augment", "run_name", *FACE_KEYS)
+    meta = {"members": [{k: m.config.get(k) for k in keys} for m in members],
             "runs": [m.name for m in members], "weights": module.weights.tolist(), "input": {"shape": ["batch", *module.hw, 3],
             "dtype": "uint8", "layout": "NHWC RGB"}, "output": "probs (batch, 18)", "classes": class_names(members[0].bounds),
             "parity": {"max_abs_diff": err, "atol": atol, "crops": len(crops)}, "opset": opset,
@@ -96,7 +96,7 @@ class OnnxMember:
     "An exported model as a Predictor member: crops resized to its input size, probabilities from onnxruntime."
     keep_size = False
     def __init__(self, path, threads=None):
-        from maskkit.inference import FACE_KEYS, FACE_DEFAULTS
+        from maskkit.inference import face_config
         from maskkit.labels import as_hw, AGE_BOUNDS
         self.path = Path(path)
         meta_path = self.path.with_suffix(".json")
@@ -105,7 +105,7 @@ class OnnxMember:
         self.config = dict(self.meta["members"][0])
         self.name = f"onnx:{self.path.name}"
         self.hw = as_hw(self.config.get("img_size", 224))
-        self.face = {k: self.config.get(k, FACE_DEFAULTS[k]) if self.config.get(k) is not None else FACE_DEFAULTS[k] for k in FACE_KEYS}
+        self.face = face_config(self.config)
         self.bounds = tuple(self.config.get("age_bounds") or AGE_BOUNDS)
         self.session = onnx_session(self.path, threads)
 

@@ -17,7 +17,7 @@ from .labels import AGE_BOUNDS, NUM_CLASSES, PROB_COLS, as_hw, label_parts
 from .runs import Run, read_json
 
 # %% auto #0
-__all__ = ['FACE_KEYS', 'FACE_DEFAULTS', 'folder_files', 'array_to_rgb', 'read_inputs', 'Member', 'Predictor', 'Prepared']
+__all__ = ['FACE_KEYS', 'folder_files', 'array_to_rgb', 'read_inputs', 'face_config', 'Member', 'Predictor', 'Prepared']
 
 # %% ../nbs/03f_inference.ipynb #01e6f9b8
 def folder_files(folder) -> tuple:
@@ -85,8 +85,13 @@ def read_inputs(x, num_workers=4) -> tuple:
 
 # %% ../nbs/03f_inference.ipynb #32953136
 FACE_KEYS = ("use_crops", "crop_size", "crop_margin", "face_min_prob", "fallback_size", "detect_size", "min_face_size")
-FACE_DEFAULTS = dict(use_crops=True, crop_size=(256, 256), crop_margin=0.3, face_min_prob=0.9, fallback_size=0.8,
-                     detect_size=160, min_face_size=40)
+
+def face_config(config: dict) -> dict:
+    "The face settings of a run config; a key it lacks (or leaves None) takes `TrainParams`' default."
+    from dataclasses import fields
+    from maskkit.experiment import TrainParams
+    default = {f.name: f.default for f in fields(TrainParams) if f.name in FACE_KEYS}
+    return {k: default[k] if config.get(k) is None else config[k] for k in FACE_KEYS}
 
 @dataclass
 class Member:
@@ -103,7 +108,7 @@ class Member:
         aug = c.get("augment") or ()
         self.transform = build_transforms(aug, size=self.hw, train=False, mean=d["mean"], std=d["std"])
         self.keep_size = any(n in CROP_OPS for n, _ in parse_augment(aug))   # crop ops see the full-size crop
-        self.face = {k: c.get(k, FACE_DEFAULTS[k]) for k in FACE_KEYS}
+        self.face = face_config(c)
         self.bounds = tuple(c.get("age_bounds") or AGE_BOUNDS)
         self.model.eval()
 

@@ -103,9 +103,10 @@ class VideoReport:
     def frames_per_s(self): return self.n_frames / self.seconds if self.seconds else float("nan")
 
 def _classify(predictor, crops) -> np.ndarray:
-    "(n, 18) soft-voted probabilities of face crops (one batch)."
-    from maskkit.inference import _member_probs
-    return sum(w * _member_probs(predictor, m, crops, "run") for w, m in zip(predictor.weights, predictor.members))
+    "(n, 18) probabilities of one frame's face crops: the Predictor's soft vote (its members crop alike, checked)."
+    from maskkit.inference import Prepared, _face_key
+    prep = Prepared(pd.DataFrame(index=range(len(crops))), {_face_key(m): crops for m in predictor.members})
+    return predictor.predict_proba(prep, "run")
 
 def annotate_video(source, predictor, out=None, csv=None, detect_every=1, max_frames=None, min_track_frames=3,
                    detect_size=None, progress=True) -> VideoReport:
