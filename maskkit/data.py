@@ -44,6 +44,7 @@ class DataError(ValueError):
     def __init__(self, path, problem):
         self.path, self.problem = str(path), problem
         super().__init__(f"{path}: {problem}")
+    def __reduce__(self): return (DataError, (self.path, self.problem))   # crosses process boundaries whole
 
 def all_errors(errors, shown=5) -> DataError:
     "One `DataError` for several: the file and problem of each (the first `shown`, then how many more)."

@@ -9,7 +9,7 @@ __all__ = ['SAT_BUDGET', 'DET_COLUMNS', 'CROP_QUALITY', 'CROP_COLUMNS', 'CACHE_V
            'cache_dir', 'crop_dir', 'list_images', 'load_detections', 'build_crop_cache', 'with_crops']
 
 # %% ../nbs/02_preprocess.ipynb #2959942b
-import io, json, os, time, warnings, hashlib
+import functools, io, json, os, time, warnings, hashlib
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -421,7 +421,7 @@ def _split_roots(root):
     if not found: raise DataError(root, "no images/ folder here nor in train/ or eval/")
     return found
 
-def build_crop_cache(split_root, size=(256, 256), margin=0.3, min_prob=0.9, fallback_size=0.8, batch_size=32,
+def _build_unlocked(split_root, size=(256, 256), margin=0.3, min_prob=0.9, fallback_size=0.8, batch_size=32,
                      detect_size=160, min_face_size=40, centre_weight=0.5, device=None, num_workers=4,
                      detector=None, flush_every=10.0, progress=True, threads=1, only=None) -> pd.DataFrame:
     "Detect (new, changed or failed files only) and crop the images of `split_root` (all, or the paths `only`); the crop table."
@@ -520,6 +520,19 @@ def build_crop_cache(split_root, size=(256, 256), margin=0.3, min_prob=0.9, fall
     out.insert(0, "path", [str(root / r) for r in out.rel])
     out["crop_path"] = [str(cdir / c) if isinstance(c, str) else None for c in out.crop_rel]
     return out
+
+try: import fcntl
+except ImportError: fcntl = None   # not on Windows: no lock
+
+@functools.wraps(_build_unlocked)
+def build_crop_cache(split_root, *args, **kwargs) -> pd.DataFrame:
+    roots = _split_roots(split_root)
+    if len(roots) > 1 or fcntl is None: return _build_unlocked(split_root, *args, **kwargs)   # each split locks its own
+    d = cache_dir(roots[0]); d.mkdir(parents=True, exist_ok=True)
+    with open(d / "faces.lock", "w") as lock:   # processes building one cache (k-fold workers, DDP ranks) take turns
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try: return _build_unlocked(split_root, *args, **kwargs)
+        finally: fcntl.flock(lock, fcntl.LOCK_UN)
 
 # %% ../nbs/02_preprocess.ipynb #13884bf4
 def _split_of(path):
