@@ -53,6 +53,10 @@ PIXEL_OPS = {
     "rotate": _rotate, "affine": _affine,
     "color_jitter": _color_jitter, "brightness_contrast": _brightness_contrast,
     "blur": _blur, "grayscale": lambda p=0.1: v2.RandomGrayscale(p),
+    # searched policies of torchvision v2, on the uint8 image
+    "trivial_augment": lambda num_magnitude_bins=31: v2.TrivialAugmentWide(num_magnitude_bins=num_magnitude_bins),
+    "rand_augment": lambda num_ops=2, magnitude=9: v2.RandAugment(num_ops=num_ops, magnitude=magnitude),
+    "auto_augment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
 }
 CROP_OPS = ("center_crop", "random_crop", "random_resized_crop")
 AUGMENTS = tuple(PIXEL_OPS) + CROP_OPS + ("erasing", "resize")

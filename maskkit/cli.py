@@ -37,7 +37,7 @@ def add_param_options(ap: argparse.ArgumentParser, skip=()):
     g = ap.add_argument_group("training parameters (maskkit.experiment.TrainParams; not given: the recipe's value, else the default)")
     for k in TrainParams.fields():
         if k in skip or k == "recipe": continue   # --recipe is the subcommand's own option
-        flags = [f"--{k.replace('_', '-')}"] + ([f"--{k}"] if "_" in k else [])
+        flags = [f"--{k.replace('_', '-')}"] + ([f"--{k}"] if "_" in k else []) + (["--data"] if k == "data_root" else [])
         g.add_argument(*flags, dest=k, type=parse_value, default=argparse.SUPPRESS, metavar="V",
                        help=f"{helps.get(k, '')} [default: {json.dumps(defaults[k])}]".replace("%", "%%"))
 

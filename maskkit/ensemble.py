@@ -16,8 +16,9 @@ from .runs import find_runs, resolve_run, read_preds, prob_matrix, read_json, wr
 # %% auto #0
 __all__ = ['TTA_VIEWS', 'SUBMISSION_COLUMNS', 'tta_predict', 'align_preds', 'soft_vote', 'hard_vote', 'top2_rule', 'fit_weights',
            'apply_method', 'compare_methods', 'recipe_name', 'group_runs', 'fold_average', 'combine_runs',
-           'make_submission', 'validate_submission', 'write_submission', 'score_submission', 'pseudo_labels',
-           'kfold_ensemble']
+           'make_submission', 'validate_submission', 'write_submission', 'score_submission', 'score_mask_state',
+           'pseudo_labels', 'face_band', 'person_groups', 'group_vote', 'apply_class_bias', 'fit_part_bias',
+           'crossfit_part_bias', 'kfold_ensemble']
 
 # %% ../nbs/06_ensemble.ipynb #72aa8199
 from .train import hflip
@@ -287,6 +288,28 @@ def score_submission(sub, solution_csv) -> dict:
     m = sol[["ImageID", "ans"]].merge(sub, on="ImageID", suffixes=("_true", ""), validate="one_to_one")
     return score(pd.to_numeric(m.ans_true).to_numpy(), m.ans.to_numpy())
 
+# %% ../nbs/06_ensemble.ipynb #6e401791
+def score_mask_state(pred, solution) -> dict:
+    "Mask-state scores of predictions (`ImageID` + `class`, or a submission's `ans`) against a solution with `ImageID, mask`."
+    from sklearn.metrics import f1_score, confusion_matrix
+    from maskkit.labels import decode_label
+    sol = pd.read_csv(solution, dtype={"ImageID": str}) if not isinstance(solution, pd.DataFrame) else solution
+    pred = pd.read_csv(pred, dtype={"ImageID": str}) if not isinstance(pred, pd.DataFrame) else pred
+    col = "class" if "class" in pred.columns else "ans"
+    for what, df, need in (("solution", sol, {"ImageID", "mask"}), ("predictions", pred, {"ImageID", col})):
+        if not need <= set(df.columns): raise ValueError(f"{what}: needs columns {sorted(need)}, got {list(df.columns)}")
+    keep = ["ImageID", col] + (["face_method"] if "face_method" in pred.columns else [])   # a Predictor frame's own `mask` is a name
+    m = sol[["ImageID", "mask"]].merge(pred[keep], on="ImageID", how="left", validate="one_to_one")
+    if m[col].isna().any(): raise ValueError(f"predictions: {int(m[col].isna().sum())} of {len(m)} solution images have no class, e.g. {m.ImageID[m[col].isna()].iloc[0]!r}")
+    y, p = m["mask"].to_numpy(int), decode_label(m[col].to_numpy(int))[0]
+    out = {"mask_macro_f1": float(f1_score(y, p, labels=[0, 1, 2], average="macro", zero_division=0)),
+           "mask_acc": float((y == p).mean()), "n": len(m), "counts": np.bincount(y, minlength=3).tolist(),
+           "confusion": confusion_matrix(y, p, labels=[0, 1, 2]).tolist()}
+    if "face_method" in m.columns:
+        out["by_face_method"] = {k: {"n": len(g), "mask_acc": float((g["mask"].to_numpy(int) == decode_label(g[col].to_numpy(int))[0]).mean())}
+                                 for k, g in m.groupby(m.face_method.fillna("none"))}
+    return out
+
 # %% ../nbs/06_ensemble.ipynb #3b7e4b15
 def pseudo_labels(test_df, probs=None, threshold=0.9) -> pd.DataFrame:
     "Test rows whose top probability is >= `threshold` as training rows: `path`, `label`, `confidence` (+ ImageID)."
@@ -300,6 +323,77 @@ def pseudo_labels(test_df, probs=None, threshold=0.9) -> pd.DataFrame:
     return out.assign(label=P[keep].argmax(1), confidence=conf[keep])
 
 # %% ../nbs/06_ensemble.ipynb #00637fd3
+def face_band(path, size=48, rows=20) -> np.ndarray:
+    "The grey upper band (the top `rows` of a `size` x `size` copy) of the image at `path`, as float32."
+    from PIL import Image
+    from maskkit.data import load_image
+    a = np.asarray(Image.fromarray(load_image(path)).convert("L").resize((size, size), Image.BILINEAR), np.float32)
+    return a[:rows].ravel()
+
+def person_groups(paths, max_diff=2.0, neighbours=12, num_workers=4) -> np.ndarray:
+    "Group ids (0..G-1), one per path: photos whose upper bands match (75th percentile of |difference| <= `max_diff`) share one."
+    from concurrent.futures import ThreadPoolExecutor
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.neighbors import NearestNeighbors
+    paths = [str(p) for p in paths]
+    if not paths: return np.zeros(0, np.int64)
+    with ThreadPoolExecutor(num_workers) as ex: X = np.stack(list(ex.map(face_band, paths)))
+    k = min(len(X), int(neighbours))
+    _, nb = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)   # candidates; the percentile test decides
+    i = np.repeat(np.arange(len(X)), k); j = nb.ravel()
+    same = np.percentile(np.abs(X[i] - X[j]), 75, axis=1) <= max_diff
+    graph = coo_matrix((np.ones(same.sum()), (i[same], j[same])), shape=(len(X), len(X)))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+def group_vote(probs, groups) -> np.ndarray:
+    "(N, 18) probabilities where each group's photos share the group's mean gender and age-band marginals (mask kept)."
+    from maskkit.labels import part_marginals, joint_from_parts
+    P = np.asarray(probs, np.float64)
+    groups = np.asarray(groups).reshape(-1)
+    if P.shape != (len(groups), NUM_CLASSES): raise ValueError(f"probs must be ({len(groups)}, {NUM_CLASSES}), got {P.shape}")
+    parts = part_marginals(P)
+    _, inv, n = np.unique(groups, return_inverse=True, return_counts=True)
+    def mean(a):
+        s = np.zeros((len(n), a.shape[1])); np.add.at(s, inv, a)
+        return (s / n[:, None])[inv]
+    return joint_from_parts(parts["mask"], mean(parts["gender"]), mean(parts["age_bin"]))
+
+# %% ../nbs/06_ensemble.ipynb #aaf089f8
+def apply_class_bias(probs, bias) -> np.ndarray:
+    "Probabilities renormalised after adding the log-biases `bias` (18,) to `log(probs)`."
+    z = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1)) + np.asarray(bias, np.float64)[None]
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+def _part_bias18(b8) -> np.ndarray:
+    "The (18,) log-bias of part biases `b8` = 3 mask + 2 gender + 3 age-band values."
+    from maskkit.labels import joint_from_parts
+    return joint_from_parts(b8[None, :3], b8[None, 3:5], b8[None, 5:], log=True)[0]
+
+def fit_part_bias(probs, y, grid=np.linspace(-1.5, 1.5, 13), passes=2) -> np.ndarray:
+    "The (18,) log-bias, a sum of per-part biases, that raises the macro-F1 of `probs` against `y` (never worse than none)."
+    L = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1)); y = as_labels(np.asarray(y).reshape(-1), "y")
+    if L.shape != (len(y), NUM_CLASSES): raise ValueError(f"probs must be ({len(y)}, {NUM_CLASSES}), got {L.shape}")
+    b = np.zeros(8)
+    best = _f1(L, y)
+    for _ in range(int(passes)):
+        for c in range(8):
+            for v in grid:
+                t = b.copy(); t[c] = v
+                f = _f1(L + _part_bias18(t), y)
+                if f > best + 1e-9: best, b = f, t
+    return _part_bias18(b)
+
+def crossfit_part_bias(probs, y, folds, **kw) -> np.ndarray:
+    "Probabilities where each fold's rows get the part biases fitted on the other folds' rows."
+    P, y, folds = np.asarray(probs, np.float64), np.asarray(y), np.asarray(folds)
+    out = P.copy()
+    for k in np.unique(folds):
+        out[folds == k] = apply_class_bias(P[folds == k], fit_part_bias(P[folds != k], y[folds != k], **kw))
+    return out
+
+# %% ../nbs/06_ensemble.ipynb #d0c5c667
 def kfold_ensemble(runs, name=None, out_dir=None, verbose=True) -> dict:
     "Score the folds' concatenated OOF, average their test predictions into `submission.csv`; the summary (also `ensemble.json`)."
     import matplotlib.pyplot as plt
@@ -309,14 +403,50 @@ def kfold_ensemble(runs, name=None, out_dir=None, verbose=True) -> dict:
     out = Path(out_dir) if out_dir else reports_dir("kfold", name)
     out.mkdir(parents=True, exist_ok=True)
     oof = c["oof"]
-    write_csv(out / "oof.csv", oof)
+    cfg = read_json(run_dirs[0] / "config.json") if (run_dirs[0] / "config.json").is_file() else {}
+    vote, spec = bool(cfg.get("person_vote")), cfg.get("ensemble")
+    no_vote = score(oof.label.to_numpy(), oof.pred.to_numpy())
+    if vote:
+        P = group_vote(prob_matrix(oof), person_groups(oof.path))
+        oof = oof.assign(**dict(zip(PROB_COLS, P.T)), pred=P.argmax(1))
     per_fold = {r.name: score(o.label.to_numpy(), o.pred.to_numpy()) for r, (_, o) in zip(run_dirs, oof.groupby("run", sort=False))}
     summary = {"name": name, "runs": [r.name for r in run_dirs], "oof": score(oof.label.to_numpy(), oof.pred.to_numpy()),
-               "n_oof": len(oof), "per_fold": per_fold, "submission": None}
-    info_csv = Path(read_json(run_dirs[0] / "config.json").get("data_root", "")) / "eval" / "info.csv"
+               "n_oof": len(oof), "per_fold": per_fold, "submission": None, "person_vote": vote}
+    if vote: summary["oof_no_vote"] = no_vote
+    spec = spec if isinstance(spec, dict) else {}
+    opts = lambda k: [False, True] if spec.get(k) == "auto" else [bool(spec.get(k, False))]
+    post_vote, bias = False, None
+    if len(opts("person_vote")) * len(opts("part_bias")) > 1 or spec.get("person_vote") or spec.get("part_bias"):
+        P0, y, folds = prob_matrix(oof), oof.label.to_numpy(), pd.factorize(oof.run)[0]
+        groups = person_groups(oof.path) if True in opts("person_vote") else None
+        cands = {}
+        for v in opts("person_vote"):
+            Pv = group_vote(P0, groups) if v else P0
+            for b in opts("part_bias"):
+                Pb = crossfit_part_bias(Pv, y, folds) if b else Pv
+                cands[(v, b)] = (score(y, Pb.argmax(1)), Pb)
+        (post_vote, use_bias), (best, Pbest) = max(cands.items(), key=lambda kv: kv[1][0]["macro_f1"])
+        summary["post"] = {"candidates": {f"person_vote={v}, part_bias={b}": s_ for (v, b), (s_, _) in cands.items()},
+                           "chosen": {"person_vote": post_vote, "part_bias": use_bias}}
+        if use_bias:
+            bias = fit_part_bias(group_vote(P0, groups) if post_vote else P0, y)
+            summary["class_bias"] = bias.round(3).tolist()
+        summary["oof_before_post"], summary["oof"] = summary["oof"], best
+        oof = oof.assign(**dict(zip(PROB_COLS, Pbest.T)), pred=Pbest.argmax(1))
+    write_csv(out / "oof.csv", oof)
+    info_csv = Path(cfg.get("data_root", "")) / "eval" / "info.csv"
     if c["test"] is not None and info_csv.is_file():
-        write_csv(out / "test.csv", c["test"])
-        path = write_submission(make_submission(info_csv, c["test"]), info_csv, out / "submission.csv")
+        test = c["test"]
+        if vote or post_vote:
+            from maskkit.data import load_eval
+            paths = load_eval(info_csv.parent.parent).set_index("ImageID").path.reindex(test.ImageID)
+            P = group_vote(prob_matrix(test), person_groups(paths))
+            test = test.assign(**dict(zip(PROB_COLS, P.T)), pred=P.argmax(1))
+        if bias is not None:
+            P = apply_class_bias(prob_matrix(test), bias)
+            test = test.assign(**dict(zip(PROB_COLS, P.T)), pred=P.argmax(1))
+        write_csv(out / "test.csv", test)
+        path = write_submission(make_submission(info_csv, test), info_csv, out / "submission.csv")
         summary["submission"] = str(path)
         sol = info_csv.parent / "solution.csv"
         if sol.is_file(): summary["test"] = score_submission(path, sol)

@@ -35,6 +35,7 @@ class TrainParams:
     age_bounds: tuple = (30, 60)
     drop_ages: list | None = None     # ages removed from the TRAINING persons only, e.g. [57, 58, 59]
     overrides: str | None = None      # label overrides CSV (maskkit.data.apply_overrides)
+    synth_masks: int = 0              # per TRAINING person, this many extra photos: the unmasked one with a drawn mask (maskkit.synth)
     # face crops (recorded with the run: the Predictor crops new photos the same way)
     use_crops: bool = True            # MTCNN face crops (centre-crop fallback) instead of whole photos
     crop_size: tuple = (256, 256)     # (H, W) of the cached crops
@@ -45,11 +46,14 @@ class TrainParams:
     min_face_size: int = 40
     # model
     backbone: str = "resnet10t"       # a timm name; tiny default for CPU/CI
-    pretrained: bool | str = False    # False | True (hub) | "offline" (Lite0 ImageNet, no internet) | a weights file
+    pretrained: bool | str = False    # False | True (hub) | "offline" (ImageNet Lite0/1/2 from PyPI packages, no internet) | a weights file
     head: str = "single"              # "single" (18-way) | "multi" (mask/gender/age heads)
     hidden: int | None = None         # optional hidden layer between backbone and heads
     age_regression: bool = False
     age_weight: float = 0.0
+    age_dist: bool = False            # age as a distribution over 0..100 years (label-distribution learning); multi head: the band comes from it
+    age_dist_weight: float = 1.0      # with age_dist: weight of its loss (Gaussian targets of width age_sigma years)
+    age_sigma: float = 3.0
     img_size: int | tuple = 128       # int or (H, W)
     # augmentation and sampling
     augment: tuple = ("hflip",)
@@ -57,8 +61,9 @@ class TrainParams:
     mix_p: float = 0.5
     mix_lower: float = 0.46
     mix_upper: float = 0.54
-    sampler: str | None = None        # None | "weighted"
+    sampler: str | None = None        # None | "weighted" (class-balanced) | "person" (per person and epoch: person_wear worn-mask images + the rest)
     sampler_power: float = 1.0
+    person_wear: int = 1              # sampler="person": worn-mask images per person per epoch (of five)
     # loss
     loss: dict | str = field(default_factory=lambda: {"ce": 1.0})
     label_smoothing: float = 0.0
@@ -77,6 +82,7 @@ class TrainParams:
     accum_steps: int = 1
     amp: str = "auto"                 # auto: bf16 on a CUDA GPU that has it, none on CPU | none | bf16 | fp16 (CUDA)
     grad_clip: float | None = None
+    ema_decay: float | None = None    # validate, keep and predict with a moving average of the weights (e.g. 0.99)
     channels_last: bool = True        # CPU: 1.1x (resnet10t) to 1.7x (Lite0) the images/s of NCHW, same scores
     patience: int | None = None
     tta: str | None = None            # None | "hflip": average the flipped view for valid/OOF/test predictions
@@ -87,6 +93,7 @@ class TrainParams:
     sgd_lr: float | None = None       # its learning rate (None -> lr)
     pseudo_from: str | None = None    # a run whose confident test predictions join training
     pseudo_threshold: float = 0.9
+    person_vote: bool = False         # a person's photos (found by ensemble.person_groups) share gender and age band in OOF and test
     # bookkeeping (not part of training itself)
     recipe: str | None = None         # the preset these came from (TrainParams.from_recipe)
     ensemble: dict | list | None = None  # how a recipe's runs are combined (maskkit.ensemble), kept for the k-fold step
@@ -108,18 +115,20 @@ def _problems(p: TrainParams) -> list:
     def isint(v): return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
     def isnum(v): return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
     for k in ("fold", "n_splits", "seed", "epochs", "batch_size", "accum_steps", "step_size", "detect_size", "min_face_size",
-              "finetune_on_valid_epochs", "sgd_finetune_epochs", "num_workers"):
+              "finetune_on_valid_epochs", "sgd_finetune_epochs", "num_workers", "person_wear", "synth_masks"):
         if not isint(getattr(p, k)): bad(k, "expected an int")
     for k in ("lr", "weight_decay", "gamma", "warmup_epochs", "mix_p", "mix_lower", "mix_upper", "sampler_power",
-              "label_smoothing", "focal_gamma", "age_weight", "crop_margin", "face_min_prob", "pseudo_threshold"):
+              "label_smoothing", "focal_gamma", "age_weight", "crop_margin", "face_min_prob", "pseudo_threshold",
+              "age_dist_weight", "age_sigma"):
         if not isnum(getattr(p, k)): bad(k, "expected a number")
     for k in ("limit", "hidden", "patience", "num_threads"):
         v = getattr(p, k)
         if v is not None and (not isint(v) or v < 1): bad(k, "expected None or an int >= 1")
+    if p.ema_decay is not None and (not isnum(p.ema_decay) or not 0 < p.ema_decay < 1): bad("ema_decay", "expected None or 0 < decay < 1")
     for k in ("sgd_lr", "grad_clip"):
         v = getattr(p, k)
         if v is not None and (not isnum(v) or v <= 0): bad(k, "expected None or a number > 0")
-    for k in ("use_crops", "age_regression", "class_weighted", "channels_last", "train_on_all", "resume"):
+    for k in ("use_crops", "age_regression", "class_weighted", "channels_last", "train_on_all", "resume", "person_vote", "age_dist"):
         if not isinstance(getattr(p, k), (bool, np.bool_)): bad(k, "expected True or False")
     if out: return out                          # types first: the range checks below assume them
     if p.n_splits < 2: bad("n_splits", "expected >= 2")
@@ -136,9 +145,13 @@ def _problems(p: TrainParams) -> list:
     if not 0 < p.pseudo_threshold <= 1: bad("pseudo_threshold", "expected 0 < threshold <= 1")
     if not 0 <= p.face_min_prob <= 1: bad("face_min_prob", "expected a probability 0..1")
     if p.crop_margin < 0: bad("crop_margin", "expected >= 0")
+    if p.age_sigma <= 0: bad("age_sigma", "expected > 0 years")
+    if p.age_dist_weight < 0: bad("age_dist_weight", "expected >= 0")
     if p.split not in ("person", "image"): bad("split", "expected 'person' or 'image'")
     if p.head not in ("single", "multi"): bad("head", "expected 'single' or 'multi'")
-    if p.sampler not in (None, "weighted"): bad("sampler", "expected None or 'weighted'")
+    if p.sampler not in (None, "weighted", "person"): bad("sampler", "expected None, 'weighted' or 'person'")
+    if p.person_wear < 1: bad("person_wear", "expected >= 1 worn-mask images per person")
+    if p.synth_masks < 0: bad("synth_masks", "expected >= 0 photos per person")
     if p.tta not in (None, "hflip"): bad("tta", "expected None or 'hflip' (ensemble-time TTA goes in 'ensemble')")
     if p.optimizer not in OPTIMIZERS: bad("optimizer", f"expected one of {OPTIMIZERS}")
     if p.scheduler not in SCHEDULERS: bad("scheduler", f"expected one of {SCHEDULERS}")
@@ -147,8 +160,9 @@ def _problems(p: TrainParams) -> list:
     if not isinstance(p.backbone, str) or not timm.is_model(p.backbone): bad("backbone", "not a timm model name (timm.list_models() lists them)")
     if isinstance(p.pretrained, str) and p.pretrained != "offline" and not Path(p.pretrained).is_file():
         bad("pretrained", "expected False, True, 'offline' or an existing weights file")
-    if p.pretrained == "offline" and p.backbone != "tf_efficientnet_lite0":
-        bad("pretrained", f"'offline' is the ImageNet EfficientNet-Lite0: backbone must be 'tf_efficientnet_lite0', not {p.backbone!r}")
+    from maskkit.models import OFFLINE_WEIGHTS
+    if p.pretrained == "offline" and p.backbone not in OFFLINE_WEIGHTS:
+        bad("pretrained", f"'offline' ships ImageNet weights for {sorted(OFFLINE_WEIGHTS)} only, not backbone={p.backbone!r}")
     try: parse_augment(p.augment)
     except ValueError as e: bad("augment", str(e))
     spec = {p.loss: 1.0} if isinstance(p.loss, str) else p.loss
@@ -276,6 +290,11 @@ def load_fold(p: TrainParams, verbose=True) -> FoldData:
     if p.drop_ages:
         n0 = len(train); train = train[~train.age.isin(list(p.drop_ages))]
         if verbose: print(f"drop_ages {list(p.drop_ages)}: {n0 - len(train)} training images removed (validation keeps them)")
+    if p.synth_masks:                       # drawn masks on the training persons' unmasked photos; validation stays real
+        from maskkit.synth import synth_rows
+        syn = synth_rows(train, p.synth_masks, seed=p.seed)
+        if verbose: print(f"synth_masks: {len(syn)} photos with drawn masks for {syn.person_id.nunique()} training persons")
+        train, df = pd.concat([train, syn], ignore_index=True), pd.concat([df, syn], ignore_index=True)
     return FoldData(root, df, train.reset_index(drop=True), valid, "path", data_fingerprint(root))
 
 # %% ../nbs/03g_experiment.ipynb #9a8723c8
@@ -326,13 +345,14 @@ def build_model(p: TrainParams):
     from maskkit.models import build_model as _build
     from maskkit.train import seed_everything
     seed_everything(p.seed)
-    return _build(p.backbone, head=p.head, age_regression=p.age_regression, pretrained=p.pretrained, hidden=p.hidden)
+    return _build(p.backbone, head=p.head, age_regression=p.age_regression, pretrained=p.pretrained, hidden=p.hidden,
+                  age_dist=p.age_dist, age_bounds=tuple(p.age_bounds))
 
 def build_loaders(p: TrainParams, fold: FoldData, model, pseudo=None, verbose=True) -> Loaders:
     "Images decoded once into memory at training size (the full crop when an augment crops), transforms, loaders, mix."
     from maskkit.models import model_data_config
     from maskkit.augment import build_transforms, make_mix, CROP_OPS, parse_augment
-    from maskkit.datasets import preload, MaskDataset, make_loader, class_sampler, DistributedWeightedSampler
+    from maskkit.datasets import preload, MaskDataset, make_loader, class_sampler, DistributedWeightedSampler, PersonSampler
     from maskkit.train import hflip, is_distributed, rank, world_size
     hw, d = as_hw(p.img_size), model_data_config(model)
     cache_hw = hw
@@ -342,7 +362,9 @@ def build_loaders(p: TrainParams, fold: FoldData, model, pseudo=None, verbose=Tr
     train_df = fold.train if pseudo is None else pd.concat([fold.train, pseudo], ignore_index=True)
     cache = preload(pd.concat([fold.df, pseudo], ignore_index=True) if pseudo is not None else fold.df, fold.image_col, size=cache_hw, progress=verbose)
     ds = MaskDataset(train_df, train_tf, fold.image_col, cache)
-    if is_distributed():   # each process its own share of every epoch
+    if p.sampler == "person":   # a disjoint slice of one draw per rank under DDP
+        smp = PersonSampler(train_df.person_id.astype(str), train_df["mask"], p.person_wear, seed=p.seed, rank=rank(), world=world_size())
+    elif is_distributed():   # each process its own share of every epoch
         from torch.utils.data import DistributedSampler
         smp = (DistributedWeightedSampler(train_df.label, rank(), world_size(), p.sampler_power, seed=p.seed) if p.sampler == "weighted"
                else DistributedSampler(ds, num_replicas=world_size(), rank=rank(), shuffle=True, seed=p.seed, drop_last=True))  # disjoint shares
@@ -362,6 +384,7 @@ def build_loss(p: TrainParams, train_df):
     if p.label_smoothing: opts["label_smoothing"] = p.label_smoothing
     if p.focal_gamma != 2.0: opts["focal_gamma"] = p.focal_gamma
     if p.age_weight: opts["age_weight"] = p.age_weight
+    if p.age_dist: opts.update(age_dist_weight=p.age_dist_weight, age_sigma=p.age_sigma)
     if p.class_weighted:
         counts = class_counts(train_df.label)
         opts["class_weights"] = part_class_weights(counts) if p.head == "multi" else class_weights_from_counts(counts)
@@ -374,7 +397,7 @@ def train_config(p: TrainParams, progress=True):
     return TrainConfig(epochs=p.epochs, lr=p.lr, optimizer=p.optimizer, weight_decay=p.weight_decay, scheduler=p.scheduler,
                        step_size=p.step_size, gamma=p.gamma, warmup_epochs=p.warmup_epochs, accum_steps=p.accum_steps, amp=p.amp,
                        grad_clip=p.grad_clip, channels_last=p.channels_last, patience=p.patience, seed=p.seed, resume=p.resume,
-                       num_threads=p.num_threads, progress=progress)
+                       num_threads=p.num_threads, progress=progress, ema_decay=p.ema_decay)
 
 def fit_run(p: TrainParams, run: Run, model, loaders: Loaders, loss_fn, verbose=True, on_epoch=None) -> dict:
     "`maskkit.train.fit` into `run`, then the optional SGD fine-tuning; the fit result (best model loaded)."
@@ -394,6 +417,11 @@ def report_oof(p: TrainParams, run: Run, model, loaders: Loaders, fold: FoldData
     if loaders.valid is None: return dict(extra)
     probs, idx = predict(model, loaders.valid, tta=loaders.tta, amp=p.amp, progress=False)
     oof = np.zeros_like(probs); oof[idx] = probs
+    if p.person_vote:                     # the same grouping as at test time (no person ids used)
+        from maskkit.ensemble import person_groups, group_vote
+        from maskkit.metrics import score
+        extra = {**extra, "no_vote_macro_f1": score(fold.valid.label.to_numpy(), oof.argmax(1))["macro_f1"]}
+        oof = group_vote(oof, person_groups(fold.valid.path))
     run.save_predictions(fold.valid, oof, "oof")
     return run.report(fold.valid.label.to_numpy(), oof.argmax(1), bounds=tuple(p.age_bounds), extra=extra)
 
@@ -414,6 +442,9 @@ def predict_test(p: TrainParams, run: Run, predictor, eval_df, prepared, verbose
     from maskkit.runs import prob_matrix
     pred = predictor.predict(prepared, tta="run")            # eval rows (ImageID, path) + classes, probabilities, faces
     P = prob_matrix(pred)
+    if p.person_vote:
+        from maskkit.ensemble import person_groups, group_vote
+        P = group_vote(P, person_groups(eval_df.path))
     run.save_predictions(pred, P, "test")
     run.write_submission(pd.DataFrame({"ImageID": eval_df.ImageID, "ans": P.argmax(1)}), eval_df[["ImageID"]])
     sol = data.split_dir(resolve_data_root(p), "eval") / "solution.csv"
@@ -456,7 +487,7 @@ def train_run(params: TrainParams | dict | None = None, root=None, verbose=True,
     name = broadcast(p.run_name or f"{p.backbone}_fold{p.fold}_{time.strftime('%Y%m%d-%H%M%S')}")
     config = {**p.to_dict(), "data_root": str(fold.root), "run_name": name, "data_fingerprint": fold.fingerprint}
     if ddp: config["world_size"] = world_size()
-    run = Run.create(name, config, root=root, resume=p.resume) if main else None   # locked; a differing earlier run refused
+    run = Run.create(name, config, root=root, resume=p.resume, defaults=TrainParams().to_dict()) if main else None   # locked; a differing earlier run refused
     barrier()
     if not main: run = Run(runs_root(root) / name)                          # the other ranks only read
     try:

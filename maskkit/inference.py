@@ -119,7 +119,8 @@ class Member:
         cfg = run.config
         ckpt = next((run.path / f for f in ("model.pt", "best.pt") if (run.path / f).is_file()), None)
         if ckpt is None: raise FileNotFoundError(f"{run.path}: no model.pt or best.pt (the run has not finished an epoch)")
-        kw = {k: cfg[k] for k in ("head", "age_regression", "hidden") if cfg.get(k) is not None}
+        kw = {k: cfg[k] for k in ("head", "age_regression", "hidden", "age_dist") if cfg.get(k) is not None}
+        if cfg.get("age_bounds"): kw["age_bounds"] = tuple(cfg["age_bounds"])
         model = build_model(cfg.get("backbone", "tf_efficientnet_lite0"), pretrained=False, **kw)
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         try: model.load_state_dict(state.get("model", state))
@@ -140,9 +141,13 @@ def _views(tta):
 
 class Predictor:
     "Members (models + their training settings) -> a frame of classes, names, probabilities and face info per input."
-    def __init__(self, members, weights=None, device=None, batch_size=64, progress=False, threads=None, detector=None):
+    def __init__(self, members, weights=None, device=None, batch_size=64, progress=False, threads=None, detector=None, face=None):
         self.members = [members] if isinstance(members, Member) else list(members)
         if not self.members: raise ValueError("a Predictor needs at least one member")
+        if face:   # face settings other than the runs' own, e.g. {"fallback_size": 1.0} for photos that are face crops already
+            unknown = sorted(set(face) - set(FACE_KEYS))
+            if unknown: raise ValueError(f"face settings {unknown} unknown; known: {list(FACE_KEYS)}")
+            for m in self.members: m.face = {**m.face, **face}
         w = np.ones(len(self.members)) if weights is None else np.asarray(weights, float)
         if len(w) != len(self.members) or (w < 0).any() or w.sum() <= 0: raise ValueError(f"weights {weights} do not fit {len(self.members)} members")
         self.weights = w / w.sum()

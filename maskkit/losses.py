@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['AGE_LOSSES', 'COMPONENTS', 'part_targets', 'smooth_targets', 'soft_ce', 'focal_loss', 'soft_f1_loss',
-           'class_weights_from_counts', 'part_class_weights', 'age_loss', 'as_targets', 'MaskLoss', 'make_loss']
+           'class_weights_from_counts', 'part_class_weights', 'age_loss', 'age_targets', 'age_dist_loss', 'as_targets',
+           'MaskLoss', 'make_loss']
 
 # %% ../nbs/03c_losses.ipynb #82ab32cd
 import inspect
@@ -85,6 +86,24 @@ def age_loss(pred, age, kind="mse", beta=0.1) -> torch.Tensor:
     return F.smooth_l1_loss(p, a, beta=beta)
 
 # %% ../nbs/03c_losses.ipynb #a9d4b313
+def age_targets(age, sigma=3.0, n=None) -> torch.Tensor:
+    "(B, n) Gaussian distributions over ages 0..n-1 around `age` (years) with width `sigma`."
+    from maskkit.models import AGE_YEARS
+    n = n or AGE_YEARS
+    years = torch.arange(n, dtype=torch.float32, device=age.device)
+    q = torch.exp(-0.5 * ((years[None] - age.float().reshape(-1, 1)) / float(sigma)) ** 2)
+    return q / q.sum(1, keepdim=True).clamp_min(1e-12)
+
+def age_dist_loss(age_logits, age, sigma=3.0) -> torch.Tensor:
+    "Cross-entropy of (B, n) age logits against Gaussian targets around `age`; non-finite ages ignored."
+    age = age.to(age_logits.device).float().reshape(-1)
+    if age_logits.shape[0] != age.shape[0]: raise ValueError(f"age logits {tuple(age_logits.shape)} and ages {tuple(age.shape)} differ")
+    ok = torch.isfinite(age)
+    if not ok.any(): return age_logits.sum() * 0.0
+    q = age_targets(age[ok], sigma, age_logits.shape[1])
+    return -(q * F.log_softmax(age_logits[ok].float(), -1)).sum(1).mean()
+
+# %% ../nbs/03c_losses.ipynb #a051d426
 COMPONENTS = {"ce": "ce", "cross_entropy": "ce", "focal": "focal", "f1": "f1", "soft_f1": "f1"}
 
 def as_targets(targets, n_classes=NUM_CLASSES) -> dict:
@@ -100,7 +119,7 @@ def as_targets(targets, n_classes=NUM_CLASSES) -> dict:
 class MaskLoss(nn.Module):
     "Weighted sum of CE/focal/soft-F1 on single- or multi-head outputs, plus optional age regression."
     def __init__(self, weights=None, label_smoothing=0.0, focal_gamma=2.0, class_weights=None, part_weights=(1.0, 1.0, 1.0),
-                 age_weight=0.0, age_loss="mse", age_beta=0.1, joint_weight=0.0, f1_eps=1e-7):
+                 age_weight=0.0, age_loss="mse", age_beta=0.1, joint_weight=0.0, f1_eps=1e-7, age_dist_weight=0.0, age_sigma=3.0):
         super().__init__()
         weights = {"ce": 1.0} if weights is None else weights
         bad = [k for k in weights if k not in COMPONENTS]
@@ -113,6 +132,8 @@ class MaskLoss(nn.Module):
         self.part_weights = dict(zip(PARTS, map(float, part_weights)))
         self.age_weight, self.age_kind, self.age_beta = float(age_weight), age_loss, float(age_beta)
         self.joint_weight = float(joint_weight)
+        self.age_dist_weight, self.age_sigma = float(age_dist_weight), float(age_sigma)
+        if self.age_sigma <= 0: raise ValueError(f"age_sigma must be > 0 years, got {age_sigma}")
         self.cw18, self.cw_parts = None, {}
         if isinstance(class_weights, dict):
             bad = [k for k in class_weights if k not in PARTS]
@@ -167,6 +188,11 @@ class MaskLoss(nn.Module):
             if "age" not in t: raise KeyError("age_weight > 0 but targets have no 'age'")
             last["age"] = age_loss(outputs["age"], t["age"], self.age_kind, self.age_beta)
             total = total + self.age_weight * last["age"]
+        if self.age_dist_weight:
+            if "age_dist" not in outputs: raise KeyError("age_dist_weight > 0 but the model outputs no 'age_dist'; build_model(..., age_dist=True)")
+            if "age" not in t: raise KeyError("age_dist_weight > 0 but targets have no 'age'")
+            last["age_dist"] = age_dist_loss(outputs["age_dist"], t["age"], self.age_sigma)
+            total = total + self.age_dist_weight * last["age_dist"]
         last["total"] = total
         self._last = {k: v.detach() if torch.is_tensor(v) else v for k, v in last.items()}
         return total

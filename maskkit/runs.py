@@ -155,11 +155,12 @@ class RunLocked(RuntimeError):
 class RunMismatch(ValueError):
     "A run of this name exists with another config (other data, fold, seed or parameters)."
 
-def config_diff(old: dict, new: dict, ignore=IDENTITY_IGNORE) -> dict:
-    "`{key: (old, new)}` of the keys whose JSON values differ (missing keys count), `ignore`d keys left out."
-    old, new = to_jsonable(old or {}), to_jsonable(new or {})
+def config_diff(old: dict, new: dict, ignore=IDENTITY_IGNORE, defaults=None) -> dict:
+    "`{key: (old, new)}` of the keys whose JSON values differ (missing keys count, unless the other side is the key's `defaults` value), `ignore`d keys left out."
+    old, new, defaults = to_jsonable(old or {}), to_jsonable(new or {}), to_jsonable(defaults or {})
+    get = lambda d, k: d.get(k, defaults.get(k, "<absent>"))   # a field added later: an old record means its default
     return {k: (old.get(k, "<absent>"), new.get(k, "<absent>")) for k in sorted(set(old) | set(new))
-            if k not in ignore and old.get(k, "<absent>") != new.get(k, "<absent>")}
+            if k not in ignore and get(old, k) != get(new, k)}
 
 def _pid_alive(pid: int) -> bool:
     "Whether process `pid` runs (a zombie, killed but not yet reaped, does not)."
@@ -190,7 +191,7 @@ class Run:
         return r
 
     @classmethod
-    def create(cls, name=None, config=None, root=None, resume=True, ignore=IDENTITY_IGNORE) -> "Run":
+    def create(cls, name=None, config=None, root=None, resume=True, ignore=IDENTITY_IGNORE, defaults=None) -> "Run":
         "A locked run folder `root/name` with `config.json`, `git.json`, `env.json`; see above for resume and the lock."
         name = _check_name(name or time.strftime("%Y%m%d-%H%M%S"))
         run = cls(runs_root(root) / name)
@@ -199,7 +200,7 @@ class Run:
         try:
             old = read_json(run.path / "config.json")
             if old and resume:
-                diff = config_diff(old, config, ignore)
+                diff = config_diff(old, config, ignore, defaults)
                 if diff:
                     shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in list(diff.items())[:8]))
                     raise RunMismatch(f"{run.path}: a run named {name!r} exists with another config ({len(diff)} keys differ: "

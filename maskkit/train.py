@@ -44,6 +44,7 @@ class TrainConfig:
     device: str = "auto"
     num_threads: int | None = None   # torch intra-op threads (1 can be much faster on a busy small CPU)
     monitor: str = "macro_f1"        # a valid metric; "loss" is minimised, the others maximised
+    ema_decay: float | None = None   # keep an exponential moving average of the weights (timm ModelEmaV3): validated, checkpointed, kept
     resume: bool = True
     progress: bool = True
 
@@ -56,6 +57,7 @@ class TrainConfig:
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             raise ValueError(f"TrainConfig.warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         if self.monitor.startswith("valid_"): self.monitor = self.monitor[len("valid_"):]
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1: raise ValueError(f"TrainConfig.ema_decay must be in (0, 1), got {self.ema_decay}")
 
     @classmethod
     def from_dict(cls, d: dict):
@@ -177,7 +179,7 @@ def _batch(batch, device, channels_last=False):
 
 # %% ../nbs/03e_learner.ipynb #b153a339
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler=None, cfg: TrainConfig | None = None, mix=None,
-                    scaler=None, epoch: int = 0, writer=None) -> dict:
+                    scaler=None, epoch: int = 0, writer=None, ema=None) -> dict:
     "One pass over `loader`; returns mean loss, train macro-F1/accuracy (vs unmixed labels), images/s, seconds."
     from maskkit.models import probs18
     cfg = cfg or TrainConfig()
@@ -208,6 +210,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler=None, cfg: Trai
             scaler.step(optimizer); scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None: scheduler.step()
+            if ema is not None: ema.update(getattr(model, "module", model), step=epoch * math.ceil(n / accum) + i // accum)
         bs = len(label); tot += loss.item() * bs; seen += bs
         if writer is not None: writer.add_scalar("train/step_loss", loss.item(), epoch * n + i)   # the batch's loss, per step
         preds.append(probs18(out).argmax(1).cpu()); labels.append(label.cpu())
@@ -353,6 +356,11 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, math.ceil(len(train_loader) / cfg.accum_steps))
+    ema = None
+    if cfg.ema_decay:                   # the average is what gets validated, checkpointed as best and kept
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
+    kept = ema.module if ema is not None else model
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     gens = _generators(train_loader, mix)
     mode = "min" if cfg.monitor == "loss" else "max"
@@ -368,6 +376,9 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
         optimizer.load_state_dict(ck["optimizer"])
         if scheduler is not None and ck.get("scheduler") is not None: scheduler.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
+        if ema is not None:
+            if "ema" not in ck: raise RuntimeError(f"{last}: checkpoint has no weight average (trained without ema_decay); use another run name or resume=False")
+            ema.module.load_state_dict(ck["ema"])
         st = ck["state"]
         _set_rng_state(ck["rng"], gens)
         if main:
@@ -390,7 +401,7 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
             t0 = time.perf_counter()
             if hasattr(train_loader.sampler, "set_epoch"): train_loader.sampler.set_epoch(epoch)   # a new shuffle per epoch
             tr = train_one_epoch(net, train_loader, loss_fn, optimizer, scheduler, cfg if main else dataclasses.replace(cfg, progress=False),
-                                 mix, scaler, epoch, writer)
+                                 mix, scaler, epoch, writer, ema)
             if ddp: tr = _reduce_epoch(tr, epoch, shards)
             row = {"epoch": epoch, **{f"train_{k}": tr[k] for k in ("loss", "macro_f1", "accuracy")},
                    "lr": tr["lr"], "images_per_s": tr["images_per_s"]}
@@ -398,7 +409,7 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
                 st["epoch"] = epoch; st["history"].append(row)
                 st["stopped"] = broadcast(None); continue
             if valid_loader is not None:
-                va = evaluate(model, valid_loader, loss_fn, tta, cfg.amp, cfg.progress)
+                va = evaluate(kept, valid_loader, loss_fn, tta, cfg.amp, cfg.progress)
                 row.update({f"valid_{k}": v for k, v in va.items()})
                 cur = va[cfg.monitor] if cfg.monitor in va else None
                 if cur is None: raise KeyError(f"monitor {cfg.monitor!r} not among valid metrics {list(va)}")
@@ -406,14 +417,15 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
             row["seconds"] = time.perf_counter() - t0
             if valid_loader is None or _better(cur, st["best"], mode):
                 st.update(best=cur, best_epoch=epoch, bad_epochs=0)
-                _save({"model": model.state_dict(), "epoch": epoch, "monitor": cfg.monitor, "score": cur,
+                _save({"model": kept.state_dict(), "epoch": epoch, "monitor": cfg.monitor, "score": cur,
                        "config": asdict(cfg)}, best_path)
             else: st["bad_epochs"] += 1
             st["history"].append(row); st["epoch"] = epoch
             st["stopped"] = bool(valid_loader is not None and cfg.patience is not None and st["bad_epochs"] >= cfg.patience)
             _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                   "scaler": scaler.state_dict(), "state": st, "rng": _rng_state(gens), "config": asdict(cfg)}, last)
+                   "scaler": scaler.state_dict(), "state": st, "rng": _rng_state(gens), "config": asdict(cfg),
+                   **({"ema": ema.module.state_dict()} if ema is not None else {})}, last)
             log_epoch(run_dir, row)
             if on_epoch is not None: on_epoch(epoch, row)   # e.g. a sweep's report to its pruner (which may stop the run)
             if writer is not None:
@@ -436,5 +448,6 @@ def fit(model, train_loader, valid_loader, loss_fn, cfg, run_dir, mix=None, tta=
         if main and shards: write_json(run_dir / "ddp.json", {"world_size": world_size(), "backend": _backend(), "epochs": shards})
     if load_best and best_path.exists():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
+    elif ema is not None: model.load_state_dict(ema.module.state_dict())   # the average is the result
     return {"history": pd.DataFrame(st["history"]), "best_epoch": st["best_epoch"], "best": st["best"],
             "monitor": cfg.monitor, "stopped_early": st["stopped"], "run_dir": run_dir}
