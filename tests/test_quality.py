@@ -134,9 +134,18 @@ def test_age_distribution_gives_the_band_and_is_learnt():
     with pytest.raises(ValueError, match="age_sigma"): TrainParams(age_dist=True, age_sigma=0)
 
 
-def test_age_dist_and_ema_runs_predict_as_recorded(tmp_path):
-    run = train_run(TrainParams(**TINY, head="multi", age_dist=True, ema_decay=0.9, run_name="ldl"), root=tmp_path, verbose=False)
-    assert run.config["age_dist"] and run.config["ema_decay"] == 0.9
+@pytest.fixture(scope="module")
+def ldl_run(tmp_path_factory):
+    "One tiny run with the part heads, the age distribution, EMA and drawn masks (shared by the tests below)."
+    base = tmp_path_factory.mktemp("ldl")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MASKKIT_CACHE", str(base / "cache"))
+        yield train_run(TrainParams(**TINY, head="multi", age_dist=True, ema_decay=0.9, synth_masks=1, run_name="ldl"), root=base, verbose=False)
+
+
+def test_age_dist_and_ema_runs_predict_as_recorded(ldl_run):
+    run = ldl_run
+    assert run.config["age_dist"] and run.config["ema_decay"] == 0.9 and run.config["synth_masks"] == 1
     test = read_preds(run.path, "test")
     pred = Predictor.from_run(run.path).predict(test.path.tolist()[:8])
     assert np.abs(pred[PROB_COLS].to_numpy() - test[PROB_COLS].to_numpy()[:8]).max() < 1e-5
@@ -147,8 +156,8 @@ def test_age_dist_and_ema_runs_predict_as_recorded(tmp_path):
 
 # --- real photos ----------------------------------------------------------------------------------------------
 
-def test_mask_state_score_on_photos_with_a_whole_image_fallback(tmp_path):
-    run = train_run(TrainParams(**TINY, run_name="rm"), root=tmp_path, verbose=False)
+def test_mask_state_score_on_photos_with_a_whole_image_fallback(ldl_run):
+    run = ldl_run
     df = load_train(DEMO, verbose=False).iloc[:14]
     sol = pd.DataFrame({"ImageID": [Path(p).parent.name + Path(p).name for p in df.path], "mask": df["mask"].to_numpy()})
     frame = pd.DataFrame({"ImageID": sol.ImageID, "path": df.path.to_numpy()})
