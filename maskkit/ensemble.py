@@ -405,23 +405,23 @@ def kfold_ensemble(runs, name=None, out_dir=None, verbose=True) -> dict:
     oof = c["oof"]
     cfg = read_json(run_dirs[0] / "config.json") if (run_dirs[0] / "config.json").is_file() else {}
     vote, spec = bool(cfg.get("person_vote")), cfg.get("ensemble")
+    spec = spec if isinstance(spec, dict) else {}
+    with_probs = lambda df, P: df.assign(**dict(zip(PROB_COLS, P.T)), pred=P.argmax(1))
+    need_groups = vote or spec.get("person_vote")
+    groups = person_groups(oof.path) if need_groups else None          # the OOF photos read once
     no_vote = score(oof.label.to_numpy(), oof.pred.to_numpy())
-    if vote:
-        P = group_vote(prob_matrix(oof), person_groups(oof.path))
-        oof = oof.assign(**dict(zip(PROB_COLS, P.T)), pred=P.argmax(1))
+    if vote: oof = with_probs(oof, group_vote(prob_matrix(oof), groups))
     per_fold = {r.name: score(o.label.to_numpy(), o.pred.to_numpy()) for r, (_, o) in zip(run_dirs, oof.groupby("run", sort=False))}
     summary = {"name": name, "runs": [r.name for r in run_dirs], "oof": score(oof.label.to_numpy(), oof.pred.to_numpy()),
                "n_oof": len(oof), "per_fold": per_fold, "submission": None, "person_vote": vote}
     if vote: summary["oof_no_vote"] = no_vote
-    spec = spec if isinstance(spec, dict) else {}
     opts = lambda k: [False, True] if spec.get(k) == "auto" else [bool(spec.get(k, False))]
     post_vote, bias = False, None
-    if len(opts("person_vote")) * len(opts("part_bias")) > 1 or spec.get("person_vote") or spec.get("part_bias"):
+    if spec.get("person_vote") or spec.get("part_bias"):          # a post-step asked for ("auto" included)
         P0, y, folds = prob_matrix(oof), oof.label.to_numpy(), pd.factorize(oof.run)[0]
-        groups = person_groups(oof.path) if True in opts("person_vote") else None
+        voted = {v: group_vote(P0, groups) if v else P0 for v in opts("person_vote")}
         cands = {}
-        for v in opts("person_vote"):
-            Pv = group_vote(P0, groups) if v else P0
+        for v, Pv in voted.items():
             for b in opts("part_bias"):
                 Pb = crossfit_part_bias(Pv, y, folds) if b else Pv
                 cands[(v, b)] = (score(y, Pb.argmax(1)), Pb)
@@ -429,10 +429,10 @@ def kfold_ensemble(runs, name=None, out_dir=None, verbose=True) -> dict:
         summary["post"] = {"candidates": {f"person_vote={v}, part_bias={b}": s_ for (v, b), (s_, _) in cands.items()},
                            "chosen": {"person_vote": post_vote, "part_bias": use_bias}}
         if use_bias:
-            bias = fit_part_bias(group_vote(P0, groups) if post_vote else P0, y)
+            bias = fit_part_bias(voted[post_vote], y)
             summary["class_bias"] = bias.round(3).tolist()
         summary["oof_before_post"], summary["oof"] = summary["oof"], best
-        oof = oof.assign(**dict(zip(PROB_COLS, Pbest.T)), pred=Pbest.argmax(1))
+        oof = with_probs(oof, Pbest)
     write_csv(out / "oof.csv", oof)
     info_csv = Path(cfg.get("data_root", "")) / "eval" / "info.csv"
     if c["test"] is not None and info_csv.is_file():
@@ -440,11 +440,8 @@ def kfold_ensemble(runs, name=None, out_dir=None, verbose=True) -> dict:
         if vote or post_vote:
             from maskkit.data import load_eval
             paths = load_eval(info_csv.parent.parent).set_index("ImageID").path.reindex(test.ImageID)
-            P = group_vote(prob_matrix(test), person_groups(paths))
-            test = test.assign(**dict(zip(PROB_COLS, P.T)), pred=P.argmax(1))
-        if bias is not None:
-            P = apply_class_bias(prob_matrix(test), bias)
-            test = test.assign(**dict(zip(PROB_COLS, P.T)), pred=P.argmax(1))
+            test = with_probs(test, group_vote(prob_matrix(test), person_groups(paths)))
+        if bias is not None: test = with_probs(test, apply_class_bias(prob_matrix(test), bias))
         write_csv(out / "test.csv", test)
         path = write_submission(make_submission(info_csv, test), info_csv, out / "submission.csv")
         summary["submission"] = str(path)

@@ -147,6 +147,8 @@ class Predictor:
         if face:   # face settings other than the runs' own, e.g. {"fallback_size": 1.0} for photos that are face crops already
             unknown = sorted(set(face) - set(FACE_KEYS))
             if unknown: raise ValueError(f"face settings {unknown} unknown; known: {list(FACE_KEYS)}")
+            import copy
+            self.members = [copy.copy(m) for m in self.members]   # the caller's members keep their own settings
             for m in self.members: m.face = {**m.face, **face}
         w = np.ones(len(self.members)) if weights is None else np.asarray(weights, float)
         if len(w) != len(self.members) or (w < 0).any() or w.sum() <= 0: raise ValueError(f"weights {weights} do not fit {len(self.members)} members")
