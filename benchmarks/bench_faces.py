@@ -1,6 +1,10 @@
 """Face stage speed: naive per-image MTCNN (as the teams ran it) vs the batched stage, the cache, centre crop, decode.
 
-    .venv/bin/python benchmarks/bench_faces.py [--n 200] [--images DIR] [--canvas 384x512] [--full]
+    .venv/bin/python benchmarks/bench_faces.py [--n 200] [--images DIR] [--canvas 384x512] [--full] [--report]
+
+    # the two rows of reports/bench_faces.md: competition-size canvases, and real photos of mixed sizes
+    .venv/bin/python benchmarks/bench_faces.py --canvas 384x512 --report
+    .venv/bin/python benchmarks/bench_faces.py --images ../shared/data/realmask-dev/eval/images --n 221 --report
 
 All timings are on the same images in one run; ratios are against the naive loop as the teams ran it,
 `MTCNN()(PIL image)` one image at a time (detection plus facenet's own face crop); `MTCNN().detect` alone is
@@ -10,8 +14,11 @@ the face unscaled at the top centre, over an enlarged copy of the image scramble
 which leave the downscaling of the batched stage little to gain. `--full` also runs the batched stage once on
 every image under --images and prints the detection rate per mask state (CPU heavy).
 The crop cache is built in a temporary folder of symlinks (nothing is written next to the data).
+Images of different sizes are letterboxed into shared canvases (`faces.canvas_groups`), each image searched as if alone.
+"MTCNN networks alone" is the time the batched stage (1 thread) spent inside P-Net, R-Net and O-Net: the floor no
+batching can go under. `--report` adds (or replaces) this run's row in reports/bench_faces.md.
 """
-import argparse, os, shutil, sys, tempfile, time
+import argparse, json, os, shutil, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +97,46 @@ def compose(files, size, out):
     return done
 
 
+class net_time:
+    "Context: seconds spent inside the MTCNN networks' layers (forward hooks on every leaf module)."
+    def __init__(self, min_face_size):
+        self.m, self.total, self.handles = faces._mtcnn(faces.default_device(), int(min_face_size), (0.6, 0.7, 0.7), 0.709), 0.0, []
+    def __enter__(self):
+        def pre(mod, inp): mod._t0 = time.perf_counter()
+        def post(mod, inp, out): self.total += time.perf_counter() - mod._t0
+        for net in (self.m.pnet, self.m.rnet, self.m.onet):
+            for mod in net.modules():
+                if not list(mod.children()): self.handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+        return self
+    def __exit__(self, *exc):
+        for h in self.handles: h.remove()
+
+
+REPORT = Path(__file__).resolve().parents[1] / "reports" / "bench_faces.md"
+
+
+def write_report(row):
+    "Add or replace `row` (keyed by its images) in REPORT's JSON block and rewrite the table."
+    rows = {}
+    if REPORT.exists():
+        text = REPORT.read_text()
+        if "<!-- rows" in text: rows = json.loads(text.split("<!-- rows")[1].split("-->")[0])
+    rows[row["images"]] = row
+    cols = [("images", "images"), ("sizes", "sizes"), ("naive 2 thr", "naive2"), ("naive 1 thr", "naive1"),
+            ("batched 1 thr", "b1"), ("x naive 2 thr", "x_b1"), ("batched 2 thr", "b2"), ("x naive 2 thr ", "x_b2"),
+            ("nets alone", "floor"), ("faces: batched / naive", "rates"), ("date", "date")]
+    lines = ["# Face stage: batched MTCNN against the naive per-image loop", "",
+             "`benchmarks/bench_faces.py ... --report` (images/s on this machine; ratios against the naive loop with torch's "
+             "default threads, measured in the same run; 'nets alone' is the batched stage's time inside the three "
+             "networks at 1 thread, as images/s: the floor; faces: share of images with a face, batched / naive).", "",
+             "| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows.values(): lines.append("| " + " | ".join(str(r.get(k, "")) for _, k in cols) + " |")
+    lines += ["", "<!-- rows", json.dumps(rows, indent=1), "-->", ""]
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text("\n".join(lines))
+    print(f"wrote {REPORT}")
+
+
 def decode(files):
     for f in files: load_image(f)
 
@@ -126,11 +173,12 @@ def main():
     ap.add_argument("--images", default=DEFAULT, help="folder of images (searched recursively)")
     ap.add_argument("--detect-size", type=int, default=160)
     ap.add_argument("--min-face-size", type=int, default=40)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads of the batched stage (faces' default 1)")
     ap.add_argument("--skip-naive", action="store_true", help="skip the naive loop with torch's default threads")
     ap.add_argument("--canvas", type=canvas_size, default=None, help="WxH: compose each image into a photo of this size first")
     ap.add_argument("--full", action="store_true", help="also detect every image once: rate per mask state")
+    ap.add_argument("--report", action="store_true", help="add this run's row to reports/bench_faces.md")
     a = ap.parse_args()
     import torch
     files = sample(a.images, a.n)
@@ -143,7 +191,10 @@ def main():
         x, y = paste_at((fw, fh), a.canvas)
         face_box = (x, y, x + fw, y + fh)
     h, w = load_image(files[0]).shape[:2]
-    print(f"{n} images ({w}x{h}) from {a.images}; device {faces.default_device()}, torch threads {torch.get_num_threads()}, "
+    shapes = {load_image(f).shape[:2] for f in files}
+    lo, hi = min(min(s) for s in shapes), max(max(s) for s in shapes)
+    sizes = f"{w}x{h}" if len(shapes) == 1 else f"{len(shapes)} sizes, {lo}-{hi} px"
+    print(f"{n} images ({sizes}) from {a.images}; device {faces.default_device()}, torch threads {torch.get_num_threads()}, "
           f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
     kw = dict(batch_size=a.batch_size, detect_size=a.detect_size, min_face_size=a.min_face_size, threads=a.threads)
     faces.mtcnn_detect(np.zeros((1, 64, 64, 3), np.uint8), min_face_size=a.min_face_size)  # build the nets once
@@ -154,6 +205,9 @@ def main():
     nv1 = timed("naive loop (1 thread)", lambda: naive(files, threads=1), n, r)
     if not a.skip_naive: timed(f"naive .detect only ({torch.get_num_threads()} threads)", lambda: naive(files, detect_only=True), n, r)
     det = timed(f"batched detect_faces ({a.threads} thread{'s' * (a.threads > 1)})", lambda: faces.detect_faces(files, progress=False, **kw), n, r)
+    with net_time(a.min_face_size) as nt: faces.detect_faces(files, progress=False, **(kw | dict(threads=1)))
+    r["MTCNN networks alone (1 thread)"] = n / nt.total
+    print(f"{'MTCNN networks alone (1 thread)':<34} {n / nt.total:9.1f} img/s  ({nt.total:6.2f} s inside P-Net, R-Net, O-Net)")
     if os.cpu_count() > 1 and a.threads == 1:
         timed(f"batched detect_faces ({os.cpu_count()} threads)",
               lambda: faces.detect_faces(files, progress=False, **(kw | dict(threads=os.cpu_count()))), n, r)
@@ -180,6 +234,17 @@ def main():
     print(f"detection naive:   {rates(~np.isnan(nv1), nv1)}")
     print(f"agreement (any face): {100 * np.mean(found_b == ~np.isnan(nv1)):.1f}%")
     if nv is not None: print(f"naive default threads == naive 1 thread: {np.array_equal(np.isnan(nv), np.isnan(nv1))}")
+    if a.report:
+        n2k = n2[0] if n2 else "naive loop (1 thread)"
+        b2 = f"batched detect_faces ({os.cpu_count()} threads)"
+        label = "/".join(Path(a.images).resolve().parts[-3:]) + (f" on {a.canvas[0]}x{a.canvas[1]} canvases" if a.canvas else "")
+        write_report(dict(images=f"{label} ({n})", sizes=sizes, naive2=round(r[n2k], 1), naive1=round(r["naive loop (1 thread)"], 1),
+                          b1=round(r[f"batched detect_faces ({a.threads} thread{'s' * (a.threads > 1)})"], 1),
+                          x_b1=f"{r[f'batched detect_faces ({a.threads} thread' + 's' * (a.threads > 1) + ')'] / r[n2k]:.1f}x",
+                          b2=round(r.get(b2, float("nan")), 1), x_b2=f"{r.get(b2, float('nan')) / r[n2k]:.1f}x",
+                          floor=round(r["MTCNN networks alone (1 thread)"], 1),
+                          rates=f"{100 * np.mean(found_b):.1f}% / {100 * np.mean(~np.isnan(nv1)):.1f}%",
+                          date=time.strftime("%Y-%m-%d")))
     if a.full:
         every = sample(a.images, 0)
         print(f"\nfull run: {len(every)} images")

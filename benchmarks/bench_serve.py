@@ -3,7 +3,7 @@
 Video: 640x480 clips of demo faces (1 face, and 4 faces), decode -> detect -> crop -> classify -> draw -> encode, with
 the classifier in PyTorch and in onnxruntime, detection on every frame and on every 3rd (ByteTrack carries the
 boxes between). Folder: `Predictor.predict` on competition-size 384x512 photos (a demo face on a background), with
-and without flip TTA. The model is EfficientNet-Lite0 (offline ImageNet weights) at 128 px, as a run would train it;
+and without flip TTA, against one chunk (all photos read and cropped, then classified: no read-ahead). The model is EfficientNet-Lite0 (offline ImageNet weights) at 128 px, as a run would train it;
 speed does not depend on the weights. Prints a table with the targets of the serving issue and the memory peak of
 the video loop for two clip lengths (it must not grow with the length).
 
@@ -24,6 +24,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="torch / onnxruntime threads (default 2)")
     ap.add_argument("--img-size", type=int, default=128, help="classifier input (default 128)")
     ap.add_argument("--detect-size", type=int, default=160, help="short side of the detection copy (default: the runs' 160)")
+    ap.add_argument("--report", action="store_true", help="write the table to reports/bench_serve.md")
     ap.add_argument("--memory", action="store_true", help="also measure the video loop's memory peak for 1x and 3x the frames (subprocesses)")
     ap.add_argument("--_memory_child", nargs=2, metavar=("CLIP", "MODEL"), help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -127,30 +128,48 @@ def main(argv=None):
                              "value": fps, "unit": "frames/s", "faces/frame": found,
                              "target": 30 if n_faces == 1 else 15})
     folder = photos(tmp / "photos", faces, a.folder_images)
-    for tta in ("none", "hflip"):
+    for tta, chunk in (("none", None), ("none", 10**9), ("hflip", None)):
         for name, make in backends.items():
             if name == "onnxruntime" and tta == "hflip": continue   # an export holds the run's own TTA (none here)
             pred = make()
+            if chunk: pred.chunk_size = chunk   # the baseline: everything read and cropped, then classified
             pred.predict(sorted(folder.iterdir())[:8], tta=tta)
             t0 = time.perf_counter()
             out = pred.predict(folder, tta=tta)
-            rows.append({"test": f"folder of 384x512 photos, TTA {tta}", "backend": name, "value": len(out) / (time.perf_counter() - t0),
-                         "unit": "images/s", "faces/frame": (out.face_method == "face").mean(), "target": 100 if tta == "none" else None})
-    print(f"threads {a.threads}, classifier Lite0 at {a.img_size} px, detection copy {a.detect_size} px short side, "
-          f"{a.frames} frames per clip, {a.folder_images} photos; ONNX parity (max |p_torch - p_onnx|): {parity:.2e}")
-    print(f"{'test':<48} {'backend':<12} {'value':>8} {'unit':<9} {'target':>7} {'met':>4} {'faces':>6}")
+            how = ", one chunk (no read-ahead)" if chunk else ""
+            rows.append({"test": f"folder of 384x512 photos, TTA {tta}{how}", "backend": name, "value": len(out) / (time.perf_counter() - t0),
+                         "unit": "images/s", "faces/frame": (out.face_method == "face").mean(), "target": 100 if tta == "none" and not chunk else None})
+    head = (f"threads {a.threads}, classifier Lite0 at {a.img_size} px, detection copy {a.detect_size} px short side, "
+            f"{a.frames} frames per clip, {a.folder_images} photos; ONNX parity (max |p_torch - p_onnx|): {parity:.2e}")
+    print(head)
+    print(f"{'test':<62} {'backend':<12} {'value':>8} {'unit':<9} {'target':>7} {'met':>4} {'faces':>6}")
+    md = ["# Serving speed", "", f"`benchmarks/bench_serve.py --report`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores; {head}.", "",
+          "| test | backend | value | unit | target | met | faces per frame/photo |", "|---|---|---:|---|---:|---|---:|"]
     for r in rows:
         met = "" if r["target"] is None else ("yes" if r["value"] >= r["target"] else "no")
-        print(f"{r['test']:<48} {r['backend']:<12} {r['value']:>8.1f} {r['unit']:<9} {r['target'] or '':>7} {met:>4} {r['faces/frame']:>6.2f}")
+        print(f"{r['test']:<62} {r['backend']:<12} {r['value']:>8.1f} {r['unit']:<9} {r['target'] or '':>7} {met:>4} {r['faces/frame']:>6.2f}")
+        md.append(f"| {r['test']} | {r['backend']} | {r['value']:.1f} | {r['unit']} | {r['target'] or ''} | {met} | {r['faces/frame']:.2f} |")
     torch_1 = next(r["value"] for r in rows if r["test"].startswith("video 640x480, 1 face, detect every 1") and r["backend"] == "torch")
     onnx_1 = next(r["value"] for r in rows if r["test"].startswith("video 640x480, 1 face, detect every 1") and r["backend"] == "onnxruntime")
     print(f"onnxruntime / torch, 1 face every frame: {onnx_1 / torch_1:.2f}x")
+    md.append(f"\nonnxruntime / torch, 1 face, detection every frame: {onnx_1 / torch_1:.2f}x.")
+    for name in backends:
+        get = lambda t: next(r["value"] for r in rows if r["test"] == t and r["backend"] == name)
+        ratio = get('folder of 384x512 photos, TTA none') / get('folder of 384x512 photos, TTA none, one chunk (no read-ahead)')
+        print(f"folder, {name}: chunks read ahead / one chunk: {ratio:.2f}x")
+        md.append(f"\nFolder, {name}: chunks read ahead / one chunk {ratio:.2f}x.")
     if a.memory:
         for mult in (1, 3):
             c = clip(tmp / f"mem{mult}.mp4", faces[:1], a.frames * mult)
             r = subprocess.run([sys.executable, __file__, "--threads", str(a.threads), "--_memory_child", str(c), str(onnx)],
                                capture_output=True, text=True, timeout=1800)
-            print("memory peak of the video loop:", r.stdout.strip().splitlines()[-1] if r.returncode == 0 else r.stderr[-500:])
+            line = r.stdout.strip().splitlines()[-1] if r.returncode == 0 else r.stderr[-500:]
+            print("memory peak of the video loop:", line)
+            md.append(f"\nMemory peak of the video loop ({mult}x the frames, a subprocess): `{line}`")
+    if a.report:
+        out = Path(__file__).resolve().parents[1] / "reports" / "bench_serve.md"
+        out.write_text("\n".join(md) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -54,10 +54,14 @@ def _sample_crops(predictor, images, n=16):
     return np.stack([resize_image(c, m.hw) for c in crops])
 
 def onnx_session(path, threads=None):
-    "An onnxruntime CPU session of `path` (`threads`: intra-op threads, None: onnxruntime's choice)."
+    "An onnxruntime CPU session of `path` (`threads`: intra-op threads, None: onnxruntime's choice); its idle threads sleep."
     import onnxruntime as ort
     so = ort.SessionOptions()
     if threads: so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
+    # onnxruntime's threads spin-wait between runs by default, taking the cores from the face detector that runs
+    # between two classifier calls (video) or beside them (a folder's next chunk): measured half the frames/s
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 def export_onnx(runs, path, images=None, weights=None, atol=1e-4, opset=17, root=None) -> dict:

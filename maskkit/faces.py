@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['SAT_BUDGET', 'DET_COLUMNS', 'CROP_QUALITY', 'CROP_COLUMNS', 'CACHE_VERSION', 'FACES_TABLE', 'default_device',
-           'torch_threads', 'mtcnn_detect', 'area_crops', 'summed_area', 'nms_per_image', 'pick_face', 'shrink',
-           'default_detector', 'iter_detect', 'detect_faces', 'crop_box', 'encode_crop', 'decode_crop', 'crop_faces',
-           'cache_dir', 'crop_dir', 'list_images', 'load_detections', 'build_crop_cache', 'with_crops']
+           'torch_threads', 'mtcnn_detect', 'area_crops', 'summed_area', 'nms_per_image', 'letterbox', 'canvas_groups',
+           'pick_face', 'shrink', 'default_detector', 'iter_detect', 'detect_faces', 'crop_box', 'encode_crop',
+           'decode_crop', 'crop_faces', 'cache_dir', 'crop_dir', 'list_images', 'load_detections', 'build_crop_cache',
+           'with_crops']
 
 # %% ../nbs/02_preprocess.ipynb #2959942b
 import functools, io, json, os, time, warnings, hashlib
@@ -53,38 +54,46 @@ SAT_BUDGET = 2**29  # bytes of summed-area table per sub-batch (512 MiB)
 _EMPTY = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32))
 
 def mtcnn_detect(images: np.ndarray, device=None, min_face_size=40, thresholds=(0.6, 0.7, 0.7), factor=0.709,
-                 engine="maskkit"):
-    "All faces in each image of a uint8 batch (B, H, W, 3): a list of (boxes (n,4), probs (n,), points (n,5,2))."
+                 engine="maskkit", sizes=None):
+    "All faces in each image of a uint8 batch (B, H, W, 3): a list of (boxes (n,4), probs (n,), points (n,5,2)); `sizes` (B, 2): each image's (h, w) on a `letterbox` canvas."
     images = np.ascontiguousarray(images)
     if images.ndim == 3: images = images[None]
-    if min(images.shape[1:3]) < max(12, min_face_size): return [_EMPTY] * len(images)  # too small to search
+    B, H, W = images.shape[:3]
+    hw = np.tile([H, W], (B, 1)) if sizes is None else np.asarray(sizes, np.int64).reshape(-1, 2)
+    if len(hw) != B or (hw < 1).any() or (hw > [H, W]).any(): raise ValueError(f"sizes {hw.tolist()} do not fit {B} images of {H}x{W}")
+    out, big = [_EMPTY] * B, np.flatnonzero(hw.min(1) >= max(12, min_face_size))   # smaller images: too small to search
+    if not len(big): return out
     m = _mtcnn(str(device or default_device()), int(min_face_size), tuple(thresholds), float(factor))
     if engine == "maskkit":  # sub-batches keep the float64 summed-area table under SAT_BUDGET bytes; same faces
         per = max(1, SAT_BUDGET // (images[0].size * 8))
-        return [r for i in range(0, len(images), per) for r in _detect_batch(m, images[i:i + per])]
+        for i in range(0, len(big), per):
+            idx = big[i:i + per]
+            for k, r in zip(idx, _detect_batch(m, images[idx], hw[idx] if sizes is not None else None)): out[k] = r
+        return out
     if engine != "facenet": raise ValueError(f"engine must be 'maskkit' or 'facenet', not {engine!r}")
-    boxes, probs, points = m.detect(images, landmarks=True)
-    out = []
-    for b, p, q in zip(boxes, probs, points):
-        if b is None: out.append(_EMPTY); continue
-        out.append((np.asarray(b, np.float32).reshape(-1, 4), np.asarray(p, np.float32).reshape(-1),
-                    np.asarray(q, np.float32).reshape(-1, 5, 2)))
+    for k in big:   # facenet needs equal sizes: one image at a time, cut to its own size
+        b, p, q = m.detect(images[k, :hw[k, 0], :hw[k, 1]], landmarks=True)
+        if b is not None:
+            out[k] = (np.asarray(b, np.float32).reshape(-1, 4), np.asarray(p, np.float32).reshape(-1),
+                      np.asarray(q, np.float32).reshape(-1, 5, 2))
     return out
 
 # %% ../nbs/02_preprocess.ipynb #e21b3a64
-def _bins(start, length, size):
-    "Integer bins [lo, hi) of `adaptive_avg_pool2d` resizing `length` pixels from `start` to `size` cells."
+def _bins(start, length, size, cells=None):
+    "Integer bins [lo, hi) of `adaptive_avg_pool2d` resizing `length` pixels from `start` to `size` cells (an int, or one per row); `cells` > size repeats a row's last bin."
     import torch
-    a = torch.arange(size, device=start.device)
+    size = torch.as_tensor(size, device=start.device).reshape(-1, 1)
+    a = torch.minimum(torch.arange(int(cells or size.max()), device=start.device)[None], size - 1)
     lo = start[:, None] + (a * length[:, None]) // size
     hi = start[:, None] + ((a + 1) * length[:, None] + size - 1) // size
     return lo, hi
 
-def area_crops(sat, image_inds, y0, y1, x0, x1, size):
-    "Crops `[y0:y1, x0:x1]` of the images behind summed-area table `sat` (B, H+1, W+1, C), area-resized to `size`."
+def area_crops(sat, image_inds, y0, y1, x0, x1, size, canvas=None):
+    "Crops `[y0:y1, x0:x1]` of the images behind summed-area table `sat` (B, H+1, W+1, C), area-resized to `size`; per-crop sizes (two tensors) pad each crop to `canvas` (H, W) by repeating its last row and column."
     oh, ow = (size, size) if isinstance(size, int) else size
     B, H1, W1, C = sat.shape
-    (ra, rb), (ca, cb) = _bins(y0, y1 - y0, oh), _bins(x0, x1 - x0, ow)
+    (ra, rb), (ca, cb) = _bins(y0, y1 - y0, oh, canvas and canvas[0]), _bins(x0, x1 - x0, ow, canvas and canvas[1])
+    oh, ow = ra.shape[1], ca.shape[1]
     flat, base = sat.reshape(-1, C), (image_inds * H1)[:, None, None]
     at = lambda r, c: flat.index_select(0, ((base + r[:, :, None]) * W1 + c[:, None, :]).flatten())
     total = at(rb, cb) - at(ra, cb) - at(rb, ca) + at(ra, ca)
@@ -101,12 +110,14 @@ def summed_area(images):
     sat[:, 1:, 1:] = images
     return sat.cumsum_(1).cumsum_(2)
 
-def _pyramid_level(sat, h, w, size):
-    "The whole images area-resized to `size` (B, C, oh, ow): facenet's `imresample`, from the summed-area table."
+def _pyramid_level(sat, hw, scale):
+    "Each image (its size in `hw`, (B, 2)) area-resized by `scale` as facenet's `imresample` does, on one canvas (B, C, H, W) padded by repetition; and the level sizes (B, 2)."
     import torch
     B, dev = sat.shape[0], sat.device
-    zero, full = torch.zeros(B, dtype=torch.long, device=dev), lambda n: torch.full((B,), n, dtype=torch.long, device=dev)
-    return area_crops(sat, torch.arange(B, device=dev), zero, full(h), zero, full(w), size)
+    level = (hw * scale + 1).astype(np.int64)   # facenet's int(h * scale + 1), per image
+    h, w, lh, lw = (torch.as_tensor(v, device=dev) for v in (hw[:, 0], hw[:, 1], level[:, 0], level[:, 1]))
+    zero = torch.zeros(B, dtype=torch.long, device=dev)
+    return area_crops(sat, torch.arange(B, device=dev), zero, h, zero, w, (lh, lw), canvas=tuple(level.max(0))), level
 
 def _apart(boxes, image_inds):
     "Boxes (float64) shifted so that each image has its own coordinate range (safe for negative corners too)."
@@ -131,32 +142,56 @@ def nms_per_image(boxes, scores, image_inds, iou, method="union"):
         left = rest[inter / np.minimum(area[i], area[rest]) <= iou]
     return torch.as_tensor(np.array(keep, np.int64), device=boxes.device)
 
-def _stage_crops(sat, boxes, image_inds, w, h, size):
-    "facenet's `pad` + per-box crop + area resize, for all boxes: (crops normalised, boxes kept mask)."
-    from facenet_pytorch.models.utils.detect_face import pad
+def _stage_crops(sat, boxes, image_inds, hw, size):
+    "facenet's `pad` (clipped to each box's own image, sizes `hw` (B, 2)) + per-box crop + area resize, for all boxes: (crops normalised, boxes kept mask)."
     import torch
-    y, ey, x, ex = (torch.as_tensor(v.astype(np.int64), device=boxes.device) for v in pad(boxes, w, h))
+    b = boxes[:, :4].trunc().long()
+    hw = torch.as_tensor(hw, device=boxes.device)[image_inds]
+    x, y = b[:, 0].clamp(min=1), b[:, 1].clamp(min=1)
+    ex, ey = torch.minimum(b[:, 2], hw[:, 1]), torch.minimum(b[:, 3], hw[:, 0])
     ok = (ey > y - 1) & (ex > x - 1)  # facenet skips empty crops
     crops = area_crops(sat, image_inds[ok], y[ok] - 1, ey[ok], x[ok] - 1, ex[ok], size)
     return (crops - 127.5) * 0.0078125, ok
 
-def _detect_batch(m, images):
-    "facenet's `detect_face` for a uint8 batch (B, H, W, 3) with batched crops and per-image NMS."
+def _pnet(pnet, x, level):
+    "facenet's `PNet.forward` on a canvas of levels (sizes `level`, (B, 2)): conv1 outputs past each image's own level are -inf before the ceil-mode pool, so every output inside an image equals that image's run alone."
+    import torch
+    x = pnet.prelu1(pnet.conv1(x))
+    n = torch.as_tensor(level - 2, device=x.device)   # conv1's output size on the image's own level
+    rows, cols = torch.arange(x.shape[2], device=x.device), torch.arange(x.shape[3], device=x.device)
+    inside = (rows[None, :, None] < n[:, 0, None, None]) & (cols[None, None, :] < n[:, 1, None, None])
+    x = pnet.pool1(x.masked_fill_(~inside[:, None], float("-inf")))   # in place: keeps the channels-last layout (fast pooling)
+    x = pnet.prelu3(pnet.conv3(pnet.prelu2(pnet.conv2(x))))
+    return pnet.conv4_2(x), pnet.softmax4_1(pnet.conv4_1(x))
+
+def _pnet_valid(level, out_hw):
+    "(B, h, w) mask of P-Net outputs whose 12x12 window lies inside each image's own level (sizes `level`, (B, 2))."
+    import torch
+    n = torch.as_tensor((level - 1) // 2 - 4)   # P-Net's output size for an input of that size (3x3, pool 2 ceil, 3x3, 3x3)
+    rows, cols = torch.arange(out_hw[0]), torch.arange(out_hw[1])
+    return (rows[None, :, None] < n[:, 0, None, None]) & (cols[None, None, :] < n[:, 1, None, None])
+
+def _detect_batch(m, images, sizes=None):
+    "facenet's `detect_face` for a uint8 batch (B, H, W, 3) with batched crops and per-image NMS; `sizes` (B, 2): each image's own (h, w) at the top left of a letterboxed canvas."
     import torch
     from facenet_pytorch.models.utils.detect_face import (generateBoundingBox, bbreg, rerec,
                                                            fixed_batch_process)
     dev, th = m.device, m.thresholds
     with torch.no_grad():
         sat = summed_area(torch.as_tensor(images, device=dev))  # every resize below reads this table
-        B, h, w = images.shape[:3]
-        scale, minl, scales = 12.0 / m.min_face_size, min(h, w) * 12.0 / m.min_face_size, []
-        while minl >= 12: scales.append(scale); scale *= m.factor; minl *= m.factor
+        B, H, W = images.shape[:3]
+        hw = np.tile([H, W], (B, 1)) if sizes is None else np.asarray(sizes, np.int64).reshape(B, 2)
+        padded = bool((hw != [H, W]).any())
+        scale, minl = 12.0 / m.min_face_size, hw.min(1) * 12.0 / m.min_face_size   # facenet's pyramid, per image
         boxes, inds = [], []
-        for s in scales:  # stage 1: the pyramid, the whole batch per scale
-            reg, probs = m.pnet((_pyramid_level(sat, h, w, (int(h * s + 1), int(w * s + 1))) - 127.5) * 0.0078125)
-            b, i = generateBoundingBox(reg, probs[:, 1], s, th[0])
+        while (minl >= 12).any():  # stage 1: the pyramid, the whole batch per scale (each image down to its own last scale)
+            level, sizes_s = _pyramid_level(sat, hw, scale)
+            reg, probs = _pnet(m.pnet, (level - 127.5) * 0.0078125, sizes_s) if padded else m.pnet((level - 127.5) * 0.0078125)
+            live = _pnet_valid(sizes_s, probs.shape[2:]) & torch.as_tensor(minl >= 12)[:, None, None]
+            b, i = generateBoundingBox(reg, torch.where(live.to(dev), probs[:, 1], 0.0), scale, th[0])
             pick = nms_per_image(b[:, :4], b[:, 4], i, 0.5)
             boxes.append(b[pick]); inds.append(i[pick])
+            scale *= m.factor; minl = minl * m.factor
         boxes, inds = torch.cat(boxes), torch.cat(inds)
         pick = nms_per_image(boxes[:, :4], boxes[:, 4], inds, 0.7)
         boxes, inds = boxes[pick], inds[pick]
@@ -165,7 +200,7 @@ def _detect_batch(m, images):
                                    boxes[:, 2] + boxes[:, 7] * rw, boxes[:, 3] + boxes[:, 8] * rh, boxes[:, 4]], 1))
         points = torch.zeros(0, 5, 2, device=dev)
         if len(boxes):  # stage 2: all boxes at 24x24 through RNet
-            crops, ok = _stage_crops(sat, boxes, inds, w, h, 24)
+            crops, ok = _stage_crops(sat, boxes, inds, hw, 24)
             boxes, inds = boxes[ok], inds[ok]
             reg, prob = fixed_batch_process(crops, m.rnet)
             score = prob[:, 1]
@@ -174,7 +209,7 @@ def _detect_batch(m, images):
             pick = nms_per_image(boxes[:, :4], boxes[:, 4], inds, 0.7)
             boxes = rerec(bbreg(boxes[pick], reg[pick])); inds = inds[pick]
         if len(boxes):  # stage 3: 48x48 through ONet, landmarks, NMS by the smaller area
-            crops, ok = _stage_crops(sat, boxes, inds, w, h, 48)
+            crops, ok = _stage_crops(sat, boxes, inds, hw, 48)
             boxes, inds = boxes[ok], inds[ok]
             reg, pts, prob = fixed_batch_process(crops, m.onet)
             score = prob[:, 1]
@@ -188,6 +223,28 @@ def _detect_batch(m, images):
     boxes, points, inds = boxes.cpu().numpy(), points.cpu().numpy(), inds.cpu().numpy()
     return [(boxes[inds == k, :4].astype(np.float32), boxes[inds == k, 4].astype(np.float32),
              points[inds == k].astype(np.float32)) for k in range(B)] if len(boxes) else [_EMPTY] * B
+
+def letterbox(images) -> tuple:
+    "`(canvas, sizes)`: uint8 images of any sizes at the top left of one zero canvas (B, H, W, 3), and their (h, w) (B, 2)."
+    sizes = np.array([a.shape[:2] for a in images], np.int64).reshape(-1, 2)
+    canvas = np.zeros((len(images), *sizes.max(0), 3), np.uint8)
+    for c, a in zip(canvas, images): c[:a.shape[0], :a.shape[1]] = a
+    return canvas, sizes
+
+def canvas_groups(shapes, batch_size=64, waste=3.0) -> list:
+    "Index groups of images (`shapes` (h, w, ...)) to letterbox together: one orientation, at most `batch_size`, a canvas of at most `waste` x its smallest image's area."
+    hw = [tuple(int(v) for v in sh[:2]) for sh in shapes]
+    order = sorted(range(len(hw)), key=lambda i: (hw[i][0] > hw[i][1], hw[i][0] * hw[i][1], i))   # smallest first
+    groups = []
+    for i in order:
+        h, w = hw[i]
+        if groups:
+            g, (H, W) = groups[-1], canvas
+            h0, w0 = hw[g[0]]
+            if len(g) < batch_size and (h > w) == (h0 > w0) and max(H, h) * max(W, w) <= waste * h0 * w0:
+                g.append(i); canvas = (max(H, h), max(W, w)); continue
+        groups.append([i]); canvas = (h, w)
+    return groups
 
 # %% ../nbs/02_preprocess.ipynb #69398497
 def pick_face(boxes, probs, width, height, centre_weight=0.5):
@@ -234,31 +291,49 @@ class _Failed(tuple):
     def __new__(cls, error): t = super().__new__(cls, _EMPTY); t.error = error; return t
 
 def _detect_groups(smalls, detector):
-    "Run `detector` on equal-size groups of `smalls`; a failing group is retried image by image."
-    found = [None] * len(smalls)
-    groups = {}
-    for i, s in enumerate(smalls): groups.setdefault(s.shape, []).append(i)
-    for idx in groups.values():
-        try: res = detector(np.stack([smalls[i] for i in idx]))
-        except Exception:
-            res = []
-            for i in idx:
-                try: res += detector(smalls[i][None])
-                except Exception as e:
-                    warnings.warn(f"face detection failed on an image of size {smalls[i].shape}: {e}; using the fallback crop")
-                    res.append(_Failed(f"detector failed: {type(e).__name__}: {e}"))
+    "Run `detector` on groups of `smalls`: letterboxed by `canvas_groups` when it takes `sizes` (`detector.letterbox`), else of equal size; a failing group is retried image by image."
+    found, workers = [None] * len(smalls), max(1, getattr(detector, "workers", 1))
+    if getattr(detector, "letterbox", False):   # groups small enough that each worker gets one
+        groups = canvas_groups([s.shape for s in smalls], max(1, -(-len(smalls) // workers)))
+        jobs = [letterbox([smalls[i] for i in idx]) for idx in groups]
+    else:
+        by_shape = {}
+        for i, s in enumerate(smalls): by_shape.setdefault(s.shape, []).append(i)
+        groups = list(by_shape.values())
+        jobs = [(np.stack([smalls[i] for i in idx]),) for idx in groups]
+    results = [None] * len(jobs)
+    if hasattr(detector, "many") and len(jobs) > 1:
+        try: results = detector.many(jobs)
+        except Exception: pass   # each group again, alone, below
+    for idx, job, res in zip(groups, jobs, results):
+        if res is None:
+            try: res = detector(*job)
+            except Exception:
+                res = []
+                for i in idx:
+                    try: res += detector(smalls[i][None])
+                    except Exception as e:
+                        warnings.warn(f"face detection failed on an image of size {smalls[i].shape}: {e}; using the fallback crop")
+                        res.append(_Failed(f"detector failed: {type(e).__name__}: {e}"))
         for i, r in zip(idx, res): found[i] = r
     return found
 
 def default_detector(device=None, min_face_size=40, threads=1):
-    "The batched MTCNN as a callable on uint8 batches (B, H, W, 3), with `threads` torch threads on CPU."
+    "The batched MTCNN as a callable on uint8 batches (B, H, W, 3) (with `sizes` of letterboxed images); on CPU, `threads` workers of one torch thread each (`.many` runs groups side by side)."
     dev = device or default_device()
-    def mtcnn(x):
-        with torch_threads(threads if str(dev).startswith("cpu") else None): return mtcnn_detect(x, device=dev, min_face_size=min_face_size)
-    mtcnn.identity = f"mtcnn(min_face_size={min_face_size})"
+    cpu = str(dev).startswith("cpu")
+    def mtcnn(x, sizes=None):
+        with torch_threads(threads if cpu else None): return mtcnn_detect(x, device=dev, min_face_size=min_face_size, sizes=sizes)
+    def many(jobs):
+        "`mtcnn` on each `(images, sizes)` job; on CPU `threads` jobs at a time, each on one core (MTCNN's small ops scale better so)."
+        if not cpu or (threads or 1) < 2 or len(jobs) < 2: return [mtcnn(*j) for j in jobs]
+        with torch_threads(1), ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(lambda j: mtcnn_detect(*j[:1], device=dev, min_face_size=min_face_size, sizes=j[1] if len(j) > 1 else None), jobs))
+    mtcnn.identity, mtcnn.letterbox, mtcnn.many = f"mtcnn(min_face_size={min_face_size})", True, many
+    mtcnn.workers = (threads or 1) if cpu else 1
     return mtcnn
 
-def iter_detect(paths, batch_size=32, detect_size=160, min_face_size=40, device=None, num_workers=4,
+def iter_detect(paths, batch_size=64, detect_size=160, min_face_size=40, device=None, num_workers=4,
                 centre_weight=0.5, detector=None, keep_images=False, progress=True, threads=1):
     "Yield `(rows, images)` per batch of `paths`: detection rows and (if `keep_images`) the decoded full images."
     paths = [str(p) for p in paths]
@@ -288,7 +363,7 @@ def iter_detect(paths, batch_size=32, detect_size=160, min_face_size=40, device=
 def _frame(rows, columns=DET_COLUMNS):
     return pd.DataFrame(rows, columns=columns).astype({"n_faces": "Int64", "width": "Int64", "height": "Int64"})
 
-def detect_faces(paths, batch_size=32, detect_size=160, min_face_size=40, device=None, num_workers=4,
+def detect_faces(paths, batch_size=64, detect_size=160, min_face_size=40, device=None, num_workers=4,
                  centre_weight=0.5, detector=None, progress=True, threads=1) -> pd.DataFrame:
     "One detection row per path (see `DET_COLUMNS`); unreadable files get `method='error'` and their reason."
     rows = [r for rs, _ in iter_detect(paths, batch_size, detect_size, min_face_size, device, num_workers,
@@ -341,7 +416,7 @@ def decode_crop(data: bytes) -> np.ndarray:
 CROP_COLUMNS = ["crop_x1", "crop_y1", "crop_x2", "crop_y2", "face_method"]
 
 def crop_faces(images, sources=None, size=(256, 256), margin=0.3, min_prob=0.9, fallback_size=0.8, detect_size=160,
-               min_face_size=40, centre_weight=0.5, device=None, detector=None, threads=1, batch_size=32) -> tuple:
+               min_face_size=40, centre_weight=0.5, device=None, detector=None, threads=1, batch_size=64) -> tuple:
     "`(table, crops)` for uint8 RGB images in memory: one detection + crop row per image (`DET_COLUMNS` + crop box) and the crops."
     detector = detector or default_detector(device, min_face_size, threads)
     sources = [f"array:{i}" for i in range(len(images))] if sources is None else [str(s) for s in sources]
@@ -421,7 +496,7 @@ def _split_roots(root):
     if not found: raise DataError(root, "no images/ folder here nor in train/ or eval/")
     return found
 
-def _build_unlocked(split_root, size=(256, 256), margin=0.3, min_prob=0.9, fallback_size=0.8, batch_size=32,
+def _build_unlocked(split_root, size=(256, 256), margin=0.3, min_prob=0.9, fallback_size=0.8, batch_size=64,
                      detect_size=160, min_face_size=40, centre_weight=0.5, device=None, num_workers=4,
                      detector=None, flush_every=10.0, progress=True, threads=1, only=None) -> pd.DataFrame:
     "Detect (new, changed or failed files only) and crop the images of `split_root` (all, or the paths `only`); the crop table."

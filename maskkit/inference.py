@@ -17,7 +17,8 @@ from .labels import AGE_BOUNDS, NUM_CLASSES, PROB_COLS, as_hw, label_parts
 from .runs import Run, read_json
 
 # %% auto #0
-__all__ = ['FACE_KEYS', 'folder_files', 'array_to_rgb', 'read_inputs', 'face_config', 'Member', 'Predictor', 'Prepared']
+__all__ = ['FACE_KEYS', 'folder_files', 'array_to_rgb', 'list_inputs', 'load_inputs', 'read_inputs', 'face_config', 'Member',
+           'Predictor', 'Prepared']
 
 # %% ../nbs/03f_inference.ipynb #01e6f9b8
 def folder_files(folder) -> tuple:
@@ -48,8 +49,8 @@ def _load(p):
     try: return load_image(p), None
     except DataError as e: return None, e.problem
 
-def read_inputs(x, num_workers=4) -> tuple:
-    "`(frame, images)` for a path, folder, list of paths/arrays/PIL images, a PIL image, an array or a frame with `path`."
+def list_inputs(x) -> tuple:
+    "`(frame, items)` for a path, folder, list of paths/arrays/PIL images, a PIL image, an array or a frame with `path`: one row per input (`source`, `error` for inputs known bad already), nothing decoded yet."
     skipped = []
     if isinstance(x, pd.DataFrame):
         if "path" not in x.columns: raise KeyError(f"a frame needs a 'path' column (columns {list(x.columns)})")
@@ -60,7 +61,7 @@ def read_inputs(x, num_workers=4) -> tuple:
         frame = pd.DataFrame({"path": [str(p) for p in files]})
         if not files:
             frame = pd.DataFrame({"path": [str(x)]}); items = [DataError(x, "no files in this folder" + (f" (only {len(skipped)} operating-system files)" if skipped else ""))]
-    elif isinstance(x, (str, os.PathLike, Image.Image, np.ndarray)): return read_inputs([x], num_workers)
+    elif isinstance(x, (str, os.PathLike, Image.Image, np.ndarray)): return list_inputs([x])
     else:
         items = list(x)
         frame = pd.DataFrame({"path": [str(i) if isinstance(i, (str, os.PathLike)) else None for i in items]})
@@ -68,6 +69,11 @@ def read_inputs(x, num_workers=4) -> tuple:
     if isinstance(x, pd.DataFrame): src = frame["path"].astype(str).tolist()
     if "source" in frame.columns: frame = frame.drop(columns="source")
     frame.insert(0, "source", src)
+    frame.attrs["skipped"] = [str(s) for s in skipped]
+    return frame, items
+
+def load_inputs(items, num_workers=4) -> tuple:
+    "`(images, errors)` of `list_inputs`' items: RGB uint8 arrays (paths decoded by `num_workers` threads), or None and the reason."
     images, errors = [None] * len(items), [None] * len(items)
     paths = [(k, i) for k, i in enumerate(items) if isinstance(i, (str, os.PathLike))]
     for k, i in enumerate(items):
@@ -79,8 +85,12 @@ def read_inputs(x, num_workers=4) -> tuple:
         elif not isinstance(i, (str, os.PathLike)): errors[k] = f"not an image: {type(i).__name__}"
     with ThreadPoolExecutor(max(1, num_workers)) as ex:
         for (k, _), (img, err) in zip(paths, ex.map(_load, [i for _, i in paths])): images[k], errors[k] = img, err
-    frame["error"] = errors
-    frame.attrs["skipped"] = [str(s) for s in skipped]
+    return images, errors
+
+def read_inputs(x, num_workers=4) -> tuple:
+    "`(frame, images)`: `list_inputs` and `load_inputs` at once (the frame's `error` says why an image is None)."
+    frame, items = list_inputs(x)
+    images, frame["error"] = load_inputs(items, num_workers)
     return frame, images
 
 # %% ../nbs/03f_inference.ipynb #32953136
@@ -141,7 +151,8 @@ def _views(tta):
 
 class Predictor:
     "Members (models + their training settings) -> a frame of classes, names, probabilities and face info per input."
-    def __init__(self, members, weights=None, device=None, batch_size=64, progress=False, threads=None, detector=None, face=None):
+    def __init__(self, members, weights=None, device=None, batch_size=64, progress=False, threads=None, detector=None, face=None,
+                 chunk_size=64):
         self.members = [members] if isinstance(members, Member) else list(members)
         if not self.members: raise ValueError("a Predictor needs at least one member")
         if face:   # face settings other than the runs' own, e.g. {"fallback_size": 1.0} for photos that are face crops already
@@ -155,6 +166,8 @@ class Predictor:
         self.weights = w / w.sum()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size, self.progress, self.threads, self.detector = int(batch_size), progress, threads, detector
+        if int(chunk_size) < 1: raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        self.chunk_size = int(chunk_size)   # inputs read, cropped and classified at a time by `predict` (memory stays bounded)
         for m in self.members:
             if getattr(m, "model", None) is None: continue   # an ONNX member (maskkit.export.OnnxMember)
             m.model.to(self.device)
@@ -194,9 +207,14 @@ def _face_key(m: Member): return tuple((k, str(v)) for k, v in sorted(m.face.ite
 
 def _prepare(self, x, errors="row") -> Prepared:
     "Read `x` and crop its faces for every member (see `read_inputs`); `errors='raise'` raises a `DataError` on the first unreadable input."
+    return _prepare_items(self, *list_inputs(x), errors)
+
+def _prepare_items(self, frame, items, errors="row") -> Prepared:
+    "`prepare` for `list_inputs`' frame and items (a part of them: `predict` goes chunk by chunk)."
     from maskkit.faces import crop_faces
     if errors not in ("row", "raise"): raise ValueError(f"errors must be 'row' or 'raise', got {errors!r}")
-    frame, images = read_inputs(x)
+    frame = frame.copy()
+    images, frame["error"] = load_inputs(items)
     bad = frame.error.notna()
     if errors == "raise" and bad.any():
         i = int(np.argmax(bad.to_numpy()))
@@ -252,10 +270,8 @@ def _predict_proba(self, prepared: Prepared, tta="run") -> np.ndarray:
     P = sum(w * _member_probs(self, m, prepared.crops[_face_key(m)], tta) for w, m in zip(self.weights, self.members))
     return P
 
-def _predict(self, x, tta="run", errors="row") -> pd.DataFrame:
-    "One row per input: its columns/`source`, `class` and part names, `prob`, the 18 probabilities, face box and method, `error`."
-    prep = x if isinstance(x, Prepared) else self.prepare(x, errors)
-    P = self.predict_proba(prep, tta)
+def _rows(self, prep: Prepared, P) -> pd.DataFrame:
+    "The output frame of prepared inputs and their probabilities `P`."
     ok = ~np.isnan(P).any(1)
     out = prep.frame.copy()
     cls = np.where(ok, np.nan_to_num(P).argmax(1), -1)
@@ -274,5 +290,39 @@ def _predict(self, x, tta="run", errors="row") -> pd.DataFrame:
         out["error"] = [e if isinstance(e, str) else (d if isinstance(d, str) else None) for e, d in zip(out.error, det_err)]
     cols = [c for c in out.columns if c != "error"] + ["error"]
     return out[cols]
+
+def _header_check(frame, items):
+    "Raise a `DataError` for the first path input that is missing or not an image (headers only: before any long work)."
+    for src, i in zip(frame.source, items):
+        if isinstance(i, DataError): raise i
+        if isinstance(i, (str, os.PathLike)):
+            if not Path(i).is_file(): raise DataError(src, "file not found")
+            try:
+                with Image.open(i): pass
+            except Exception: raise DataError(src, "not a readable image (corrupt or unknown format)") from None
+
+def _predict(self, x, tta="run", errors="row") -> pd.DataFrame:
+    "One row per input: its columns/`source`, `class` and part names, `prob`, the 18 probabilities, face box and method, `error`."
+    if isinstance(x, Prepared): return _rows(self, x, self.predict_proba(x, tta))
+    frame, items = list_inputs(x)
+    if errors == "raise": _header_check(frame, items)
+    n, k = len(items), self.chunk_size
+    part = lambda s: _prepare_items(self, frame.iloc[s:s + k].reset_index(drop=True), items[s:s + k], errors)
+    outs = []
+    bar = tqdm(total=n, unit="img", desc="predict", disable=not self.progress or n <= k)
+    from maskkit.faces import torch_threads
+    # the next chunk is read and cropped in a second thread while this one is classified; the torch thread count
+    # the caller had is what it has after (the face detector sets its own while it runs)
+    with ThreadPoolExecutor(1) as ex, torch_threads(torch.get_num_threads()):
+        nxt = ex.submit(part, 0)
+        for s in range(0, n, k):
+            prep = nxt.result()
+            if s + k < n: nxt = ex.submit(part, s + k)
+            outs.append(_rows(self, prep, self.predict_proba(prep, tta)))
+            bar.update(len(prep))
+    bar.close()
+    out = outs[0] if len(outs) == 1 else pd.concat(outs, ignore_index=True).infer_objects()   # dtypes as one call would infer
+    out.attrs["skipped"] = frame.attrs.get("skipped", [])
+    return out
 
 Predictor.prepare, Predictor.predict_proba, Predictor.predict = _prepare, _predict_proba, _predict

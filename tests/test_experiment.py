@@ -98,6 +98,24 @@ def test_bad_inputs_give_a_row_each(env, tmp_path):
     assert np.allclose(arr[PROB_COLS].to_numpy()[0], arr[PROB_COLS].to_numpy()[1])
 
 
+def test_a_folder_in_chunks_equals_one_chunk_and_a_bad_file_stops_raise_first(env, tmp_path, monkeypatch):
+    "predict() reads ahead chunk by chunk: the same frame as one chunk; errors='raise' names a bad file before classifying anything."
+    folder = tmp_path / "photos"; (folder / "sub").mkdir(parents=True)
+    files = sorted((DEMO / "eval" / "images").iterdir())[:9]
+    for k, f in enumerate(files): shutil.copy(f, (folder / "sub" if k % 2 else folder) / f.name)
+    (folder / "zz_broken.jpg").write_bytes(files[0].read_bytes()[:150])       # truncated: readable header, bad body
+    one = Predictor.from_run(env["run"], chunk_size=1000).predict(folder)
+    chunked = Predictor.from_run(env["run"], chunk_size=4).predict(folder)
+    pd.testing.assert_frame_equal(chunked, one)
+    assert len(one) == 10 and one.error.notna().sum() == 1 and "truncated" in one.error.iloc[-1]
+    (folder / "sub" / "notes.jpg").write_text("not an image")
+    p = Predictor.from_run(env["run"], chunk_size=4)
+    classified = []
+    monkeypatch.setattr(Predictor, "predict_proba", lambda self, *a, **k: classified.append(1))
+    with pytest.raises(DataError, match="notes.jpg"): p.predict(folder, errors="raise")
+    assert not classified                                                       # stopped before the first chunk
+
+
 def test_an_ensemble_soft_votes(env):
     run = env["run"]
     one, two = Predictor.from_run(run), Predictor.from_runs([run, run], weights=[0.3, 0.7])

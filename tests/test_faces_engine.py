@@ -11,6 +11,7 @@ import skimage.data
 from maskkit import faces
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkmask" / "train" / "images"
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "realmask-dev" / "eval" / "images"
 
 
 def tight_crops(size=128):
@@ -113,7 +114,67 @@ def test_memory_budget_splits_batches_with_the_same_faces(monkeypatch):
     whole = faces.mtcnn_detect(x, min_face_size=20)
     calls = []
     real = faces._detect_batch
-    monkeypatch.setattr(faces, "_detect_batch", lambda m, imgs: calls.append(len(imgs)) or real(m, imgs))
+    monkeypatch.setattr(faces, "_detect_batch", lambda m, imgs, sizes=None: calls.append(len(imgs)) or real(m, imgs, sizes))
     monkeypatch.setattr(faces, "SAT_BUDGET", x[0].size * 8 * 2)  # room for two images per table
     split = faces.mtcnn_detect(x, min_face_size=20)
     assert calls == [2, 2, 2, 1] and all(same(a, b) for a, b in zip(whole, split))
+
+
+def mixed_sizes():
+    "Face photos of many sizes and aspect ratios (cut from the astronaut), a blank one and one too small to search."
+    a = skimage.data.astronaut()
+    cuts = [a[:256, 128:384], a[60:300, 150:330], a[30:250, 120:400], a[100:356:2, 100:356:2], a[40:200, 160:320]]
+    cuts += [np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((int(c.shape[1] * f), int(c.shape[0] * f))))
+             for c, f in zip(cuts[:3], (0.45, 0.6, 0.8))]
+    return [np.ascontiguousarray(c) for c in cuts] + [np.full((90, 140, 3), 200, np.uint8), np.ascontiguousarray(a[:30, :30])]
+
+
+def real_photos(n=48):
+    files = sorted(REAL.glob("*.jpg"))
+    if not files: pytest.skip("../shared/data/realmask-dev is not here")
+    return [np.asarray(Image.open(files[i]).convert("RGB")) for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
+
+
+@pytest.mark.parametrize("photos", [mixed_sizes, real_photos], ids=["astronaut", "realmask"])
+def test_letterboxed_canvas_gives_each_image_its_own_faces(photos):
+    "Images of different sizes on one canvas: the same faces as each image alone (boxes to 1e-3 px)."
+    imgs = [faces.shrink(p, 160)[0] for p in photos()]
+    assert len({i.shape for i in imgs}) > len(imgs) // 2            # really mixed sizes
+    canvas, sizes = faces.letterbox(imgs)
+    together = faces.mtcnn_detect(canvas, min_face_size=20, sizes=sizes)
+    alone = [faces.mtcnn_detect(i, min_face_size=20)[0] for i in imgs]
+    assert all(same(t, a, tol=1e-3) for t, a in zip(together, alone))
+    assert sum(len(t[0]) > 0 for t in together) >= len(imgs) // 2   # faces were found: not vacuous
+
+
+def test_detect_groups_letterbox_and_workers_match_one_by_one():
+    "`_detect_groups` with the default detector (letterboxed groups, 2 workers side by side) = each image alone."
+    imgs = [faces.shrink(p, 160)[0] for p in mixed_sizes()]
+    calls = []
+    det = faces.default_detector(min_face_size=20, threads=2)
+    real_many = det.many
+    det.many = lambda jobs: calls.append([len(j[0]) for j in jobs]) or real_many(jobs)
+    before = torch.get_num_threads()
+    got = faces._detect_groups(imgs, det)
+    assert torch.get_num_threads() == before                         # the workers' one thread each is undone
+    assert len(calls) == 1 and len(calls[0]) >= 2 and sum(calls[0]) == len(imgs)   # groups, not one by one
+    assert all(same(g, faces.mtcnn_detect(i, min_face_size=20)[0], tol=1e-3) for g, i in zip(got, imgs))
+
+
+def test_canvas_groups_bound_waste_and_orientation():
+    rng = np.random.default_rng(0)
+    shapes = [tuple(int(v) for v in rng.integers(40, 400, 2)) for _ in range(200)]
+    groups = faces.canvas_groups(shapes, batch_size=16, waste=2.5)
+    assert sorted(i for g in groups for i in g) == list(range(200))
+    for g in groups:
+        hs, ws = [shapes[i][0] for i in g], [shapes[i][1] for i in g]
+        assert len(g) <= 16 and len({h > w for h, w in zip(hs, ws)}) == 1
+        assert max(hs) * max(ws) <= 2.5 * min(h * w for h, w in zip(hs, ws))
+    assert len(groups) < 100                                           # groups, not one image each
+
+
+def test_letterbox_sizes_are_checked():
+    canvas, sizes = faces.letterbox([np.zeros((50, 60, 3), np.uint8), np.zeros((70, 20, 3), np.uint8)])
+    assert canvas.shape == (2, 70, 60, 3) and sizes.tolist() == [[50, 60], [70, 20]]
+    with pytest.raises(ValueError, match="do not fit"):
+        faces.mtcnn_detect(canvas, sizes=[[80, 60], [70, 20]])
