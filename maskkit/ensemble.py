@@ -302,12 +302,12 @@ def score_mask_state(pred, solution) -> dict:
     m = sol[["ImageID", "mask"]].merge(pred[keep], on="ImageID", how="left", validate="one_to_one")
     if m[col].isna().any(): raise ValueError(f"predictions: {int(m[col].isna().sum())} of {len(m)} solution images have no class, e.g. {m.ImageID[m[col].isna()].iloc[0]!r}")
     y, p = m["mask"].to_numpy(int), decode_label(m[col].to_numpy(int))[0]
+    right = pd.Series(y == p, index=m.index)
     out = {"mask_macro_f1": float(f1_score(y, p, labels=[0, 1, 2], average="macro", zero_division=0)),
-           "mask_acc": float((y == p).mean()), "n": len(m), "counts": np.bincount(y, minlength=3).tolist(),
+           "mask_acc": float(right.mean()), "n": len(m), "counts": np.bincount(y, minlength=3).tolist(),
            "confusion": confusion_matrix(y, p, labels=[0, 1, 2]).tolist()}
     if "face_method" in m.columns:
-        out["by_face_method"] = {k: {"n": len(g), "mask_acc": float((g["mask"].to_numpy(int) == decode_label(g[col].to_numpy(int))[0]).mean())}
-                                 for k, g in m.groupby(m.face_method.fillna("none"))}
+        out["by_face_method"] = {k: {"n": len(g), "mask_acc": float(g.mean())} for k, g in right.groupby(m.face_method.fillna("none"))}
     return out
 
 # %% ../nbs/06_ensemble.ipynb #3b7e4b15

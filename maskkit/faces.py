@@ -153,23 +153,25 @@ def _stage_crops(sat, boxes, image_inds, hw, size):
     crops = area_crops(sat, image_inds[ok], y[ok] - 1, ey[ok], x[ok] - 1, ex[ok], size)
     return (crops - 127.5) * 0.0078125, ok
 
+def _within(n, hw, device=None):
+    "(B, h, w) mask of the cells of an `hw` grid whose row < n[:, 0] and column < n[:, 1] (each image its own size `n`, (B, 2))."
+    import torch
+    n = torch.as_tensor(n, device=device)
+    rows, cols = torch.arange(hw[0], device=device), torch.arange(hw[1], device=device)
+    return (rows[None, :, None] < n[:, 0, None, None]) & (cols[None, None, :] < n[:, 1, None, None])
+
 def _pnet(pnet, x, level):
     "facenet's `PNet.forward` on a canvas of levels (sizes `level`, (B, 2)): conv1 outputs past each image's own level are -inf before the ceil-mode pool, so every output inside an image equals that image's run alone."
     import torch
     x = pnet.prelu1(pnet.conv1(x))
-    n = torch.as_tensor(level - 2, device=x.device)   # conv1's output size on the image's own level
-    rows, cols = torch.arange(x.shape[2], device=x.device), torch.arange(x.shape[3], device=x.device)
-    inside = (rows[None, :, None] < n[:, 0, None, None]) & (cols[None, None, :] < n[:, 1, None, None])
+    inside = _within(level - 2, x.shape[2:], x.device)   # conv1's output on the image's own level
     x = pnet.pool1(x.masked_fill_(~inside[:, None], float("-inf")))   # in place: keeps the channels-last layout (fast pooling)
     x = pnet.prelu3(pnet.conv3(pnet.prelu2(pnet.conv2(x))))
     return pnet.conv4_2(x), pnet.softmax4_1(pnet.conv4_1(x))
 
 def _pnet_valid(level, out_hw):
     "(B, h, w) mask of P-Net outputs whose 12x12 window lies inside each image's own level (sizes `level`, (B, 2))."
-    import torch
-    n = torch.as_tensor((level - 1) // 2 - 4)   # P-Net's output size for an input of that size (3x3, pool 2 ceil, 3x3, 3x3)
-    rows, cols = torch.arange(out_hw[0]), torch.arange(out_hw[1])
-    return (rows[None, :, None] < n[:, 0, None, None]) & (cols[None, None, :] < n[:, 1, None, None])
+    return _within((level - 1) // 2 - 4, out_hw)   # P-Net's output size for an input of that size (3x3, pool 2 ceil, 3x3, 3x3)
 
 def _detect_batch(m, images, sizes=None):
     "facenet's `detect_face` for a uint8 batch (B, H, W, 3) with batched crops and per-image NMS; `sizes` (B, 2): each image's own (h, w) at the top left of a letterboxed canvas."
